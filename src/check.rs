@@ -1,0 +1,54 @@
+//! `autohealer check`: validates a reflex map exactly as the daemon would load it, like
+//! `nginx -t` or `promtool check config`.
+
+use std::path::Path;
+
+use crate::cli::CheckArgs;
+use crate::reload::{self, LoadError};
+
+/// Prints a summary (valid) or every error as `FILE:LINE:COLUMN: message` (invalid).
+/// Returns whether the map is valid.
+pub fn run(args: &CheckArgs) -> bool {
+    match reload::load(&args.file, 1) {
+        Ok(loaded) => {
+            println!("{}", summary(&args.file, &loaded));
+            for note in &loaded.map.notes {
+                println!("{}: note: {note}", args.file.display());
+            }
+            true
+        }
+        Err(LoadError::Invalid(errors)) => {
+            for error in &errors.0 {
+                eprintln!("{error}");
+            }
+            false
+        }
+        Err(err) => {
+            eprintln!("{err}");
+            false
+        }
+    }
+}
+
+fn summary(path: &Path, loaded: &reload::LoadedMap) -> String {
+    let map = &loaded.map;
+    let exact = map.exact_count();
+    let count = |kind: &str| {
+        map.workflows
+            .values()
+            .filter(|w| w.action.kind() == kind)
+            .count()
+    };
+    format!(
+        "{}: valid, version {}: {} reflexes ({} exact, {} patterns), {} workflows ({} log, {} exec, {} webhook)",
+        path.display(),
+        loaded.version,
+        map.reflexes.len(),
+        exact,
+        map.reflexes.len() - exact,
+        map.workflows.len(),
+        count("log"),
+        count("exec"),
+        count("webhook"),
+    )
+}

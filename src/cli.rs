@@ -1,0 +1,145 @@
+//! The command line (SPEC §1): `run` (the default), `check` and `send`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// AutoHealer: a host daemon that maps anomalies to corrective workflows.
+#[derive(Debug, Parser)]
+#[command(
+    name = "autohealer",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options of `run`, so that a bare `autohealer --config FILE` runs the daemon.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+impl Cli {
+    /// The subcommand to execute, with `run` standing in when none was named.
+    pub fn into_command(self) -> Command {
+        self.command.unwrap_or(Command::Run(self.run))
+    }
+}
+
+/// What `autohealer` was asked to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (the default).
+    Run(RunArgs),
+    /// Validate a reflex map and print a summary; exit 0 when valid, 1 when not.
+    Check(CheckArgs),
+}
+
+/// Options of the daemon.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The reflex map to load and watch.
+    #[arg(
+        short,
+        long,
+        env = "AUTOHEALER_CONFIG",
+        default_value = "reflex_map.yml"
+    )]
+    pub config: PathBuf,
+    /// Address to listen on.
+    #[arg(
+        short,
+        long,
+        env = "AUTOHEALER_LISTEN",
+        default_value = "127.0.0.1:8000"
+    )]
+    pub listen: SocketAddr,
+    /// Log format: `term` for people, `json` for machines (default: term on a terminal, else json).
+    #[arg(long, env = "AUTOHEALER_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Lowest level logged: critical, error, warning, info, debug or trace.
+    #[arg(long, env = "AUTOHEALER_LOG_LEVEL", default_value = "info", value_parser = parse_level)]
+    pub log_level: slog::Level,
+    /// Also append every healing-action record to FILE as a JSON line.
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    /// Log actions as they would run, but execute no command or webhook.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Require `Authorization: Bearer <token>` (token read from FILE) on every endpoint but /healthz.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 65536)]
+    pub max_body: usize,
+    /// How long shutdown waits for in-flight requests and running actions.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+/// Options of `check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The reflex map to validate.
+    #[arg(default_value = "reflex_map.yml")]
+    pub file: PathBuf,
+}
+
+/// How log records are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Term,
+    Json,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|err| format!("{err} (write e.g. 500ms, 30s, 5m)"))
+}
+
+fn parse_level(text: &str) -> Result<slog::Level, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "critical" | "crit" => Ok(slog::Level::Critical),
+        "error" | "erro" => Ok(slog::Level::Error),
+        "warning" | "warn" => Ok(slog::Level::Warning),
+        "info" => Ok(slog::Level::Info),
+        "debug" => Ok(slog::Level::Debug),
+        "trace" => Ok(slog::Level::Trace),
+        _ => Err("expected critical, error, warning, info, debug or trace".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_is_the_default_subcommand() {
+        let cli = Cli::try_parse_from(["autohealer", "--config", "x.yml", "--dry-run"]).unwrap();
+        match cli.into_command() {
+            Command::Run(args) => {
+                assert_eq!(args.config, PathBuf::from("x.yml"));
+                assert!(args.dry_run);
+                assert_eq!(args.shutdown_timeout, Duration::from_secs(30));
+            }
+            other => panic!("expected run, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn check_takes_an_optional_file() {
+        let cli = Cli::try_parse_from(["autohealer", "check"]).unwrap();
+        match cli.into_command() {
+            Command::Check(args) => assert_eq!(args.file, PathBuf::from("reflex_map.yml")),
+            other => panic!("expected check, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn levels_parse() {
+        assert_eq!(parse_level("WARN").unwrap(), slog::Level::Warning);
+        assert!(parse_level("loud").is_err());
+    }
+}

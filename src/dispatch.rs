@@ -1,0 +1,163 @@
+//! From an anomaly to a running healing action: one snapshot of the map, one match, one
+//! triggered record, then the action on the task tracker so shutdown can wait for it.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use slog::Logger;
+use tokio_util::task::TaskTracker;
+
+use crate::actions::{self, ActionRun, Source};
+use crate::config::JsonObject;
+use crate::matcher;
+use crate::records;
+use crate::reload::MapHandle;
+
+/// An anomaly as a monitor reported it.
+#[derive(Debug, Clone)]
+pub struct Anomaly {
+    pub name: String,
+    pub details: JsonObject,
+}
+
+impl Anomaly {
+    /// Parses a `POST /anomaly` body; the error is the message for a 400 answer.
+    pub fn from_json(body: &[u8]) -> Result<Anomaly, String> {
+        // Other top-level fields are ignored (SPEC §2), which serde does without building them.
+        #[derive(Deserialize)]
+        struct Body {
+            name: Option<serde_json::Value>,
+            details: Option<serde_json::Value>,
+        }
+        let not_an_object = || {
+            "the body must be a JSON object like {\"name\": \"...\", \"details\": {...}}"
+                .to_string()
+        };
+        let parsed: Result<Body, _> = serde_json::from_slice(body);
+        // serde also accepts a struct written as an array; the contract says object.
+        let is_object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        let body = match parsed {
+            Ok(body) if is_object => body,
+            Ok(_) => return Err(not_an_object()),
+            Err(err) if err.is_data() => return Err(not_an_object()),
+            Err(err) => return Err(format!("the body is not valid JSON: {err}")),
+        };
+        let name = match body.name {
+            Some(serde_json::Value::String(name)) => name,
+            None | Some(serde_json::Value::Null) => return Err("`name` is required".into()),
+            Some(_) => return Err("`name` must be a string".into()),
+        };
+        matcher::validate_name(&name).map_err(|why| format!("`name` {why}"))?;
+        let details = match body.details {
+            None | Some(serde_json::Value::Null) => JsonObject::new(),
+            Some(serde_json::Value::Object(details)) => details,
+            Some(_) => return Err("`details` must be a JSON object".into()),
+        };
+        Ok(Anomaly { name, details })
+    }
+}
+
+/// What happened to one anomaly, as the HTTP answer reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DispatchOutcome {
+    Dispatched { workflow: String, action_id: String },
+    Unmatched,
+}
+
+/// Matches anomalies against the map in force and starts their actions.
+#[derive(Clone)]
+pub struct Dispatcher {
+    map: MapHandle,
+    log: Logger,
+    /// Every running action, so shutdown can wait for each 202 to get its finished record.
+    tracker: TaskTracker,
+    dry_run: bool,
+}
+
+impl Dispatcher {
+    /// A dispatcher reading `map`, logging to `log` and running actions on `tracker`.
+    pub fn new(map: MapHandle, log: Logger, tracker: TaskTracker, dry_run: bool) -> Dispatcher {
+        Dispatcher {
+            map,
+            log,
+            tracker,
+            dry_run,
+        }
+    }
+
+    /// Matches `anomaly` and, when a reflex matches, writes the triggered record and starts the action.
+    pub fn dispatch(&self, anomaly: Anomaly, source: Source) -> DispatchOutcome {
+        // One load per anomaly: match, workflow and version all come from the same snapshot.
+        let snapshot = self.map.load();
+        let Some((reflex, workflow)) = snapshot.map.lookup(&anomaly.name) else {
+            records::unmatched(&self.log, &anomaly.name);
+            return DispatchOutcome::Unmatched;
+        };
+        let run = ActionRun {
+            action_id: uuid::Uuid::now_v7().to_string(),
+            anomaly: anomaly.name,
+            workflow: workflow.clone(),
+            details: Arc::new(anomaly.details),
+            params: reflex.params.clone(),
+            source,
+            map_version: snapshot.version.clone(),
+            dry_run: self.dry_run,
+        };
+        drop(snapshot);
+        records::action_triggered(&self.log, &run);
+        let outcome = DispatchOutcome::Dispatched {
+            workflow: run.workflow.name.clone(),
+            action_id: run.action_id.clone(),
+        };
+        let log = self.log.clone();
+        self.tracker.spawn(async move {
+            let report = actions::run(&run).await;
+            records::action_finished(&log, &run, &report);
+        });
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anomaly_bodies_parse() {
+        let anomaly = Anomaly::from_json(
+            br#"{"name":"api_latency.coinbase.high","details":{"latency_ms":5000},"extra":[1]}"#,
+        )
+        .unwrap();
+        assert_eq!(anomaly.name, "api_latency.coinbase.high");
+        assert_eq!(anomaly.details["latency_ms"], 5000);
+        assert!(Anomaly::from_json(br#"{"name":"a"}"#)
+            .unwrap()
+            .details
+            .is_empty());
+        assert!(Anomaly::from_json(br#"{"name":"a","details":null}"#).is_ok());
+    }
+
+    #[test]
+    fn bad_anomaly_bodies_say_what_is_wrong() {
+        let err = |body: &[u8]| Anomaly::from_json(body).unwrap_err();
+        assert_eq!(
+            err(b"{\"name\": "),
+            "the body is not valid JSON: EOF while parsing a value at line 1 column 9"
+        );
+        assert_eq!(
+            err(b"[1,2]"),
+            "the body must be a JSON object like {\"name\": \"...\", \"details\": {...}}"
+        );
+        assert_eq!(err(b"{}"), "`name` is required");
+        assert_eq!(err(br#"{"name": 5}"#), "`name` must be a string");
+        assert_eq!(err(br#"{"name": ""}"#), "`name` must not be empty");
+        assert_eq!(
+            err(br#"{"name": "a\nb"}"#),
+            "`name` must not contain control characters"
+        );
+        assert_eq!(
+            err(br#"{"name": "a", "details": [1]}"#),
+            "`details` must be a JSON object"
+        );
+    }
+}

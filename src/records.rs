@@ -1,0 +1,144 @@
+//! One function per log record the contract names (SPEC §5), so their messages and keys live in
+//! one place and tests can rely on them.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use slog::{crit, error, info, warn, Logger};
+
+use crate::actions::{ActionReport, ActionRun};
+
+/// Why a reload happened, as the `trigger` key of `reflex map loaded`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Startup,
+    Watch,
+    Signal,
+    Http,
+}
+
+impl Trigger {
+    /// The value written to records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Startup => "startup",
+            Trigger::Watch => "watch",
+            Trigger::Signal => "signal",
+            Trigger::Http => "http",
+        }
+    }
+}
+
+/// CRIT `healing action triggered`: the traceable record of a healing action starting.
+pub fn action_triggered(log: &Logger, run: &ActionRun) {
+    crit!(log, "healing action triggered";
+        "dry_run" => run.dry_run,
+        "params" => slog::Serde(run.params.clone()),
+        "details" => slog::Serde(run.details.clone()),
+        "map_version" => &*run.map_version,
+        "source" => run.source.as_str(),
+        "action" => run.workflow.action.kind(),
+        "workflow" => &run.workflow.name,
+        "anomaly" => &run.anomaly,
+        "action_id" => &run.action_id,
+    );
+}
+
+/// CRIT `healing action finished`: how the action ended, with its kind-specific keys.
+pub fn action_finished(log: &Logger, run: &ActionRun, report: &ActionReport) {
+    crit!(log, "healing action finished";
+        ReportKv(report),
+        "outcome" => report.outcome.as_str(),
+        "action" => run.workflow.action.kind(),
+        "workflow" => &run.workflow.name,
+        "anomaly" => &run.anomaly,
+        "action_id" => &run.action_id,
+    );
+}
+
+/// WARN `unmatched anomaly`: no reflex matched the name.
+pub fn unmatched(log: &Logger, anomaly: &str) {
+    warn!(log, "unmatched anomaly"; "anomaly" => anomaly);
+}
+
+/// INFO `reflex map loaded`: a new generation of the map is in force.
+pub fn map_loaded(
+    log: &Logger,
+    version: &str,
+    generation: u64,
+    reflexes: usize,
+    workflows: usize,
+    trigger: Trigger,
+) {
+    info!(log, "reflex map loaded";
+        "trigger" => trigger.as_str(),
+        "workflows" => workflows,
+        "reflexes" => reflexes,
+        "generation" => generation,
+        "version" => version,
+    );
+}
+
+/// ERRO `reflex map rejected`: an edit was invalid and the old map stays in force.
+pub fn map_rejected(log: &Logger, error: &str, kept_version: &str) {
+    error!(log, "reflex map rejected"; "kept_version" => kept_version, "error" => error);
+}
+
+/// WARN `reflex map missing`: the file is gone; the old map stays in force until it returns.
+pub fn map_missing(log: &Logger, path: &Path, kept_version: &str) {
+    warn!(log, "reflex map missing";
+        "kept_version" => kept_version,
+        "path" => %path.display(),
+    );
+}
+
+/// WARN `config watcher failed`: file-system events may be missed until it is re-created.
+pub fn watcher_failed(log: &Logger, error: &str) {
+    warn!(log, "config watcher failed"; "error" => error);
+}
+
+/// INFO `listening`: the socket is bound; tests read the address from it.
+pub fn listening(log: &Logger, addr: SocketAddr, config: &Path) {
+    info!(log, "listening"; "config" => %config.display(), "addr" => %addr);
+}
+
+/// INFO `shutting down`: a stop signal arrived.
+pub fn shutting_down(log: &Logger, signal: &str) {
+    info!(log, "shutting down"; "signal" => signal);
+}
+
+/// WARN `shutdown timed out`: work was still running when `--shutdown-timeout` ran out.
+pub fn shutdown_timed_out(log: &Logger, what: &str) {
+    warn!(log, "shutdown timed out"; "still_running" => what);
+}
+
+/// WARN `accept failed`: the listener could not take a connection (e.g. out of descriptors).
+pub fn accept_failed(log: &Logger, error: &std::io::Error) {
+    warn!(log, "accept failed"; "error" => %error);
+}
+
+/// The finished record's optional keys, emitted only when they apply.
+struct ReportKv<'a>(&'a ActionReport);
+
+impl slog::KV for ReportKv<'_> {
+    fn serialize(&self, _record: &slog::Record, s: &mut dyn slog::Serializer) -> slog::Result {
+        let report = self.0;
+        s.emit_u64("duration_ms", report.duration.as_millis() as u64)?;
+        if let Some(error) = &report.error {
+            s.emit_str("error", error)?;
+        }
+        if let Some(code) = report.exit_code {
+            s.emit_i32("exit_code", code)?;
+        }
+        if let Some(output) = &report.output {
+            s.emit_str("output", output)?;
+        }
+        if let Some(status) = report.http_status {
+            s.emit_u16("http_status", status)?;
+        }
+        if let Some(attempts) = report.attempts {
+            s.emit_u32("attempts", attempts)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,438 @@
+//! Hot reload (SPEC §4): the `Reloader`, sole writer of the `ArcSwap` that holds the map in
+//! force, and the notify watcher that feeds it.
+//!
+//! Every trigger — a file-system event, SIGHUP, `POST /-/reload` — is one `ReloadMessage` on one
+//! channel, handled in order on the `autohealer-reload` thread. File events are debounced: the
+//! first one opens a short window, and everything arriving within it becomes a single reload.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use sha2::{Digest, Sha256};
+use slog::Logger;
+use tokio::sync::oneshot;
+
+use crate::config::{self, ConfigError, ConfigErrors, ReflexMap};
+use crate::records::{self, Trigger};
+
+/// How long file events are coalesced before one reload; editors write in several steps.
+pub const DEBOUNCE_DELAY: Duration = Duration::from_millis(10);
+
+/// Characters of the hex digest shown as a map's `version`.
+const VERSION_HEX_CHARS: usize = 12;
+
+/// The shared, atomically swapped map in force. Readers `load()`; only the `Reloader` stores.
+pub type MapHandle = Arc<ArcSwap<LoadedMap>>;
+
+/// One generation of the map, with what `GET /reflexes` reports about it.
+#[derive(Debug)]
+pub struct LoadedMap {
+    pub map: ReflexMap,
+    /// Short hex digest of the file's bytes.
+    pub version: Arc<str>,
+    digest: [u8; 32],
+    /// Successful swaps since start: 1 after startup.
+    pub generation: u64,
+    pub loaded_at: SystemTime,
+    pub path: PathBuf,
+}
+
+/// Why a map could not be loaded.
+#[derive(Debug)]
+pub enum LoadError {
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    Invalid(ConfigErrors),
+}
+
+impl LoadError {
+    /// True when the file does not exist (a delete, or a rename caught half-way).
+    pub fn is_missing(&self) -> bool {
+        matches!(self, LoadError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::Read { path, source } => {
+                write!(
+                    f,
+                    "{}: cannot read the reflex map: {source}",
+                    path.display()
+                )
+            }
+            LoadError::Invalid(errors) => write!(f, "{errors}"),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// The file's bytes and their digest, read once per reload attempt.
+struct MapFile {
+    bytes: Vec<u8>,
+    digest: [u8; 32],
+}
+
+fn read_file(path: &Path) -> Result<MapFile, LoadError> {
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let digest = Sha256::digest(&bytes).into();
+    Ok(MapFile { bytes, digest })
+}
+
+fn compile_file(path: &Path, file: &MapFile) -> Result<ReflexMap, LoadError> {
+    let source = std::str::from_utf8(&file.bytes).map_err(|err| {
+        LoadError::Invalid(ConfigErrors(vec![ConfigError {
+            path: path.to_path_buf(),
+            line: 1,
+            column: 1,
+            message: format!("the file is not valid UTF-8 ({err})"),
+        }]))
+    })?;
+    config::compile(path, source).map_err(LoadError::Invalid)
+}
+
+fn version_of(digest: &[u8; 32]) -> Arc<str> {
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Arc::from(&hex[..VERSION_HEX_CHARS])
+}
+
+/// Reads, validates and compiles the map at `path` as generation `generation`.
+pub fn load(path: &Path, generation: u64) -> Result<LoadedMap, LoadError> {
+    let file = read_file(path)?;
+    let map = compile_file(path, &file)?;
+    Ok(LoadedMap {
+        map,
+        version: version_of(&file.digest),
+        digest: file.digest,
+        generation,
+        loaded_at: SystemTime::now(),
+        path: path.to_path_buf(),
+    })
+}
+
+/// What a reload attempt did, for the HTTP endpoint and for tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// A new generation is in force.
+    Loaded { version: Arc<str>, generation: u64 },
+    /// The file's bytes equal the map in force; nothing was swapped.
+    Unchanged { version: Arc<str>, generation: u64 },
+    /// The file is missing, unreadable or invalid; the old map stays in force.
+    Rejected {
+        error: String,
+        kept_version: Arc<str>,
+    },
+}
+
+/// A request to the reload thread.
+#[derive(Debug)]
+pub enum ReloadMessage {
+    /// The watcher saw the config (or its symlink target) change.
+    FileChanged,
+    /// The watcher itself failed; events may have been lost.
+    WatchFailed(String),
+    /// Reload now, on behalf of SIGHUP or `POST /-/reload`, and answer on `reply` if given.
+    Reload {
+        trigger: Trigger,
+        reply: Option<oneshot::Sender<ReloadOutcome>>,
+    },
+    /// Stop the thread (shutdown).
+    Stop,
+}
+
+/// The sole writer of the map handle: turns triggers into validated swaps.
+pub struct Reloader {
+    path: PathBuf,
+    handle: MapHandle,
+    log: Logger,
+    /// Names in the config's directory whose events matter; shared with the watcher callback.
+    watched_names: Arc<Mutex<Vec<OsString>>>,
+    /// Digest of the last rejected content, so one bad save is reported once, not per event.
+    rejected_digest: Option<[u8; 32]>,
+    /// Whether the missing file was already reported.
+    missing_reported: bool,
+}
+
+impl Reloader {
+    /// A reloader for the map at `path`, whose current generation is in `handle`.
+    pub fn new(path: PathBuf, handle: MapHandle, log: Logger) -> Reloader {
+        let watched_names = Arc::new(Mutex::new(watched_names(&path)));
+        Reloader {
+            path,
+            handle,
+            log,
+            watched_names,
+            rejected_digest: None,
+            missing_reported: false,
+        }
+    }
+
+    /// Read → digest (unchanged: stop) → compile → store → record.
+    pub fn reload(&mut self, trigger: Trigger) -> ReloadOutcome {
+        // A symlink may have been re-pointed; follow its new target from now on.
+        let names = watched_names(&self.path);
+        if let Ok(mut shared) = self.watched_names.lock() {
+            *shared = names;
+        }
+        let current = self.handle.load_full();
+        let file = match read_file(&self.path) {
+            Ok(file) => file,
+            Err(err) => return self.reject(err, None, &current),
+        };
+        self.missing_reported = false;
+        if file.digest == current.digest {
+            self.rejected_digest = None;
+            return ReloadOutcome::Unchanged {
+                version: current.version.clone(),
+                generation: current.generation,
+            };
+        }
+        let map = match compile_file(&self.path, &file) {
+            Ok(map) => map,
+            Err(err) => return self.reject(err, Some(file.digest), &current),
+        };
+        self.rejected_digest = None;
+        let loaded = LoadedMap {
+            version: version_of(&file.digest),
+            digest: file.digest,
+            generation: current.generation + 1,
+            loaded_at: SystemTime::now(),
+            path: self.path.clone(),
+            map,
+        };
+        let (version, generation) = (loaded.version.clone(), loaded.generation);
+        let (reflexes, workflows) = (loaded.map.reflexes.len(), loaded.map.workflows.len());
+        self.handle.store(Arc::new(loaded));
+        records::map_loaded(
+            &self.log, &version, generation, reflexes, workflows, trigger,
+        );
+        ReloadOutcome::Loaded {
+            version,
+            generation,
+        }
+    }
+
+    fn reject(
+        &mut self,
+        err: LoadError,
+        digest: Option<[u8; 32]>,
+        current: &LoadedMap,
+    ) -> ReloadOutcome {
+        let kept_version = current.version.clone();
+        if err.is_missing() {
+            if !self.missing_reported {
+                records::map_missing(&self.log, &self.path, &kept_version);
+                self.missing_reported = true;
+            }
+        } else if digest.is_none() || digest != self.rejected_digest {
+            records::map_rejected(&self.log, &err.to_string(), &kept_version);
+            self.rejected_digest = digest;
+        }
+        ReloadOutcome::Rejected {
+            error: err.to_string(),
+            kept_version,
+        }
+    }
+
+    /// Runs the reload loop on its own thread until `Stop` or every sender is gone.
+    pub fn spawn(
+        mut self,
+        messages: mpsc::Receiver<ReloadMessage>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("autohealer-reload".into())
+            .spawn(move || self.serve(messages))
+    }
+
+    fn serve(&mut self, messages: mpsc::Receiver<ReloadMessage>) {
+        while let Ok(message) = messages.recv() {
+            match message {
+                ReloadMessage::FileChanged => {
+                    // Coalesce a burst of events into one reload, answering requests after it.
+                    let deadline = Instant::now() + DEBOUNCE_DELAY;
+                    let mut deferred = Vec::new();
+                    loop {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        match messages.recv_timeout(left) {
+                            Ok(ReloadMessage::FileChanged) => continue,
+                            Ok(other) => deferred.push(other),
+                            Err(RecvTimeoutError::Timeout) => break,
+                            Err(RecvTimeoutError::Disconnected) => return,
+                        }
+                    }
+                    self.reload(Trigger::Watch);
+                    for message in deferred {
+                        if !self.handle_request(message) {
+                            return;
+                        }
+                    }
+                }
+                other => {
+                    if !self.handle_request(other) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles a non-file message; false when the loop should stop.
+    fn handle_request(&mut self, message: ReloadMessage) -> bool {
+        match message {
+            ReloadMessage::FileChanged => {
+                self.reload(Trigger::Watch);
+            }
+            ReloadMessage::WatchFailed(error) => {
+                records::watcher_failed(&self.log, &error);
+                // Events may have been dropped: look at the file once so nothing is missed.
+                self.reload(Trigger::Watch);
+            }
+            ReloadMessage::Reload { trigger, reply } => {
+                let outcome = self.reload(trigger);
+                if let Some(reply) = reply {
+                    let _ = reply.send(outcome);
+                }
+            }
+            ReloadMessage::Stop => return false,
+        }
+        true
+    }
+
+    /// Starts a notify watcher on the config's directory that feeds `messages`.
+    pub fn watch(
+        &self,
+        messages: mpsc::Sender<ReloadMessage>,
+    ) -> notify::Result<RecommendedWatcher> {
+        let names = self.watched_names.clone();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let message = match event {
+                    Ok(event) => {
+                        let relevant = names
+                            .lock()
+                            .map(|names| is_relevant(&event, &names))
+                            .unwrap_or(true);
+                        if !relevant {
+                            return;
+                        }
+                        ReloadMessage::FileChanged
+                    }
+                    Err(err) => ReloadMessage::WatchFailed(err.to_string()),
+                };
+                let _ = messages.send(message);
+            })?;
+        watcher.watch(&config_dir(&self.path), RecursiveMode::NonRecursive)?;
+        Ok(watcher)
+    }
+}
+
+/// The directory to watch: watching the file itself would lose it on the first rename.
+fn config_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// File names in the config's directory whose changes can change what the path reads.
+///
+/// The file's own name, plus, when it is a symlink with a relative target, the first component of
+/// that target: a Kubernetes ConfigMap swaps `..data`, and a hand-made link `map.yml -> v2.yml`
+/// may be edited through `v2.yml`.
+fn watched_names(path: &Path) -> Vec<OsString> {
+    let mut names: Vec<OsString> = path.file_name().map(OsString::from).into_iter().collect();
+    if let Ok(target) = std::fs::read_link(path) {
+        if target.is_relative() {
+            if let Some(Component::Normal(first)) = target.components().next() {
+                names.push(first.to_os_string());
+            }
+        }
+    }
+    names
+}
+
+/// Keeps events that touch a watched name; drops reads and the "from" half of a rename.
+fn is_relevant(event: &notify::Event, names: &[OsString]) -> bool {
+    let paths: &[PathBuf] = match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => &event.paths,
+        EventKind::Access(_) => return false,
+        EventKind::Modify(ModifyKind::Name(RenameMode::From)) => return false,
+        // A paired rename lists [from, to]; only the destination can be our file.
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+            event.paths.get(1..).unwrap_or(&[])
+        }
+        _ => &event.paths,
+    };
+    paths.iter().any(|path| {
+        path.file_name()
+            .is_some_and(|name| names.iter().any(|n| n == name))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: EventKind, paths: &[&str]) -> notify::Event {
+        let mut event = notify::Event::new(kind);
+        event.paths = paths.iter().map(PathBuf::from).collect();
+        event
+    }
+
+    #[test]
+    fn relevant_events_are_those_naming_the_file() {
+        let names = vec![OsString::from("map.yml")];
+        let modify = EventKind::Modify(ModifyKind::Any);
+        assert!(is_relevant(&event(modify, &["/etc/x/map.yml"]), &names));
+        assert!(!is_relevant(&event(modify, &["/etc/x/other.yml"]), &names));
+        let from = EventKind::Modify(ModifyKind::Name(RenameMode::From));
+        assert!(!is_relevant(&event(from, &["/etc/x/map.yml"]), &names));
+        let both = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
+        assert!(is_relevant(
+            &event(both, &["/x/.tmp", "/x/map.yml"]),
+            &names
+        ));
+        assert!(!is_relevant(
+            &event(both, &["/x/map.yml", "/x/map.yml~"]),
+            &names
+        ));
+        let open = EventKind::Access(AccessKind::Open(AccessMode::Any));
+        assert!(!is_relevant(&event(open, &["/etc/x/map.yml"]), &names));
+        let closed = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        assert!(is_relevant(&event(closed, &["/etc/x/map.yml"]), &names));
+    }
+
+    #[test]
+    fn symlink_targets_are_watched_by_their_first_component() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("..data")).unwrap();
+        std::fs::write(dir.path().join("..data/map.yml"), "x").unwrap();
+        let link = dir.path().join("map.yml");
+        std::os::unix::fs::symlink("..data/map.yml", &link).unwrap();
+        assert_eq!(
+            watched_names(&link),
+            [OsString::from("map.yml"), OsString::from("..data")]
+        );
+    }
+
+    #[test]
+    fn versions_are_short_hex() {
+        let version = version_of(&Sha256::digest(b"reflexes: {}\n").into());
+        assert_eq!(version.len(), VERSION_HEX_CHARS);
+        assert!(version.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+}

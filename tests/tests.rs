@@ -1,0 +1,8 @@
+//! Integration tests: the real binary, real HTTP on loopback, real files and file-system events.
+
+mod util;
+
+mod cli;
+mod http_api;
+mod log_records;
+mod reload;
