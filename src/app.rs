@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -14,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cli::RunArgs;
@@ -21,6 +23,10 @@ use crate::dispatch::Dispatcher;
 use crate::records::{self, Trigger};
 use crate::reload::{self, LoadError, ReloadMessage, Reloader};
 use crate::server::{self, ServerState};
+
+/// After the shutdown deadline, how long cancelled actions get to kill their processes and
+/// write their finished records.
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the daemon stopped with a failure; `main` maps it to an exit code.
 #[derive(Debug)]
@@ -89,8 +95,16 @@ async fn serve(args: RunArgs, log: Logger, initial: reload::LoadedMap) -> Result
         .context("cannot start the reload thread")?;
 
     let tracker = TaskTracker::new();
+    let cancel_actions = CancellationToken::new();
+    let dispatcher = Dispatcher::new(
+        map.clone(),
+        log.clone(),
+        tracker.clone(),
+        cancel_actions.clone(),
+        args.dry_run,
+    );
     let state = Arc::new(ServerState {
-        dispatcher: Dispatcher::new(map.clone(), log.clone(), tracker.clone(), args.dry_run),
+        dispatcher,
         map,
         reload: reload_tx.clone(),
         max_body: args.max_body,
@@ -128,13 +142,22 @@ async fn serve(args: RunArgs, log: Logger, initial: reload::LoadedMap) -> Result
     };
     server::serve(listener, state, shutdown, deadline).await;
 
-    // Every anomaly answered 202 gets its finished record, up to the deadline.
+    // Every anomaly answered 202 gets its finished record: running actions may finish until the
+    // shutdown deadline, then they are cancelled and recorded as failed.
     tracker.close();
     let at = deadline_for_actions
         .await
         .unwrap_or_else(|_| Instant::now());
     if tokio::time::timeout_at(at, tracker.wait()).await.is_err() {
+        // Past the deadline: kill what is left; each still writes its `failed` record.
         records::shutdown_timed_out(&log, "healing actions");
+        cancel_actions.cancel();
+        if tokio::time::timeout(CANCEL_GRACE, tracker.wait())
+            .await
+            .is_err()
+        {
+            records::shutdown_timed_out(&log, "cancelled healing actions");
+        }
     }
     let _ = reload_tx.send(ReloadMessage::Stop);
     let _ = tokio::task::spawn_blocking(move || reload_thread.join()).await;

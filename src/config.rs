@@ -19,6 +19,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::matcher::{self, Matcher, Pattern};
+use crate::template::Template;
 
 /// JSON object carried by anomalies (`details`) and reflexes (`params`).
 pub type JsonObject = serde_json::Map<String, serde_json::Value>;
@@ -147,7 +148,8 @@ impl Action {
 /// A local command, run as an argv list (never through a shell).
 #[derive(Debug, Clone, Serialize)]
 pub struct ExecAction {
-    pub command: Vec<String>,
+    /// The program and its arguments, each a template expanded into exactly one argument.
+    pub command: Vec<Template>,
     #[serde(serialize_with = "serialize_duration")]
     pub timeout: Duration,
 }
@@ -159,7 +161,8 @@ pub struct WebhookAction {
     #[serde(serialize_with = "serialize_duration")]
     pub timeout: Duration,
     pub retries: u32,
-    pub headers: IndexMap<String, String>,
+    /// Extra request headers; values are templates.
+    pub headers: IndexMap<String, Template>,
 }
 
 /// Suspend a workflow after `failures` failed runs within `within`.
@@ -245,7 +248,7 @@ impl TryFrom<RawWorkflowFields> for RawWorkflow {
                 url: hook.url.0,
                 timeout: hook.timeout.map_or(DEFAULT_WEBHOOK_TIMEOUT, |d| d.0),
                 retries: hook.retries.unwrap_or(DEFAULT_WEBHOOK_RETRIES),
-                headers: hook.headers,
+                headers: hook.headers.0,
             }),
             (None, None) => RawAction::Log,
         };
@@ -274,7 +277,7 @@ struct RawWebhook {
     timeout: Option<DurationValue>,
     retries: Option<u32>,
     #[serde(default)]
-    headers: IndexMap<String, String>,
+    headers: Headers,
 }
 
 #[derive(Debug, Deserialize)]
@@ -399,21 +402,44 @@ impl TryFrom<String> for DurationValue {
     }
 }
 
-/// A non-empty argv list whose program is not empty.
+/// A non-empty argv list whose program is not empty, each element a template.
 #[derive(Debug, Deserialize)]
 #[serde(try_from = "Vec<String>")]
-struct Argv(Vec<String>);
+struct Argv(Vec<Template>);
 
 impl TryFrom<Vec<String>> for Argv {
     type Error = String;
     fn try_from(argv: Vec<String>) -> Result<Self, String> {
         match argv.first() {
-            None => Err("`command` is empty: give the program and its arguments as a list, like [systemctl, restart, nginx]".into()),
+            None => return Err("`command` is empty: give the program and its arguments as a list, like [systemctl, restart, nginx]".into()),
             Some(program) if program.trim().is_empty() => {
-                Err("`command` starts with an empty program name".into())
+                return Err("`command` starts with an empty program name".into())
             }
-            Some(_) => Ok(Argv(argv)),
+            Some(_) => {}
         }
+        argv.iter()
+            .map(|arg| Template::parse(arg))
+            .collect::<Result<_, _>>()
+            .map(Argv)
+    }
+}
+
+/// Webhook headers: valid header names, template values.
+#[derive(Debug, Default, Deserialize)]
+#[serde(try_from = "IndexMap<String, String>")]
+struct Headers(IndexMap<String, Template>);
+
+impl TryFrom<IndexMap<String, String>> for Headers {
+    type Error = String;
+    fn try_from(raw: IndexMap<String, String>) -> Result<Self, String> {
+        raw.into_iter()
+            .map(|(name, value)| {
+                hyper::header::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| format!("invalid header name `{name}`"))?;
+                Ok((name, Template::parse(&value)?))
+            })
+            .collect::<Result<_, String>>()
+            .map(Headers)
     }
 }
 
@@ -780,7 +806,8 @@ reflexes:
         assert_eq!(workflow.breaker.unwrap().failures, 3);
         match &workflow.action {
             Action::Exec(exec) => {
-                assert_eq!(exec.command, ["systemctl", "restart", "{{params.unit}}"]);
+                let argv: Vec<&str> = exec.command.iter().map(Template::as_str).collect();
+                assert_eq!(argv, ["systemctl", "restart", "{{params.unit}}"]);
                 assert_eq!(exec.timeout, DEFAULT_EXEC_TIMEOUT);
             }
             other => panic!("expected exec, got {other:?}"),
@@ -791,7 +818,7 @@ reflexes:
             Action::Webhook(hook) => {
                 assert_eq!(hook.retries, 3);
                 assert_eq!(hook.timeout, Duration::from_secs(2));
-                assert_eq!(hook.headers["X-Anomaly"], "{{anomaly}}");
+                assert_eq!(hook.headers["X-Anomaly"].as_str(), "{{anomaly}}");
             }
             other => panic!("expected webhook, got {other:?}"),
         }
@@ -868,6 +895,18 @@ reflexes:
                 "workflows:\n  a:\n    exec: {command: [x]}\n    webhook: {url: http://h/}\n"
             ),
             "map.yml:2:3: workflows: a workflow has one action: give `exec` or `webhook`, not both"
+        );
+    }
+
+    #[test]
+    fn bad_templates_and_headers_are_errors_with_positions() {
+        assert_eq!(
+            errors_of("workflows:\n  a:\n    exec:\n      command: [echo, '{{detail.x}}']\n"),
+            "map.yml:4:7: workflows.a.exec: template `{{detail.x}}`: unknown placeholder `{{detail.x}}`; use anomaly, workflow, action_id, details.KEY or params.KEY"
+        );
+        assert_eq!(
+            errors_of("workflows:\n  a:\n    webhook:\n      url: http://h/\n      headers: {'bad name': x}\n"),
+            "map.yml:4:7: workflows.a.webhook: invalid header name `bad name`"
         );
     }
 

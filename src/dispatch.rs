@@ -1,15 +1,20 @@
-//! From an anomaly to a running healing action: one snapshot of the map, one match, one
-//! triggered record, then the action on the task tracker so shutdown can wait for it.
+//! From an anomaly to a running healing action: one snapshot of the map, one match, the safety
+//! rails, one triggered record, then the action on the task tracker so shutdown can wait for it.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use serde::Deserialize;
 use slog::Logger;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::actions::{self, ActionRun, Source};
 use crate::config::JsonObject;
+use crate::history::ActionHistory;
 use crate::matcher;
+use crate::rails::{Rails, SuppressReason};
 use crate::records;
 use crate::reload::MapHandle;
 
@@ -60,38 +65,77 @@ impl Anomaly {
 /// What happened to one anomaly, as the HTTP answer reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DispatchOutcome {
-    Dispatched { workflow: String, action_id: String },
+    Dispatched {
+        workflow: String,
+        action_id: String,
+    },
+    Suppressed {
+        workflow: String,
+        reason: SuppressReason,
+    },
     Unmatched,
 }
 
-/// Matches anomalies against the map in force and starts their actions.
+/// Matches anomalies against the map in force, applies the rails and starts the actions.
 #[derive(Clone)]
 pub struct Dispatcher {
     map: MapHandle,
     log: Logger,
+    rails: Rails,
+    history: ActionHistory,
     /// Every running action, so shutdown can wait for each 202 to get its finished record.
     tracker: TaskTracker,
+    /// Fired when shutdown runs out of time: running actions stop and report `failed`.
+    cancel: CancellationToken,
     dry_run: bool,
 }
 
 impl Dispatcher {
     /// A dispatcher reading `map`, logging to `log` and running actions on `tracker`.
-    pub fn new(map: MapHandle, log: Logger, tracker: TaskTracker, dry_run: bool) -> Dispatcher {
+    pub fn new(
+        map: MapHandle,
+        log: Logger,
+        tracker: TaskTracker,
+        cancel: CancellationToken,
+        dry_run: bool,
+    ) -> Dispatcher {
         Dispatcher {
             map,
             log,
+            rails: Rails::default(),
+            history: ActionHistory::default(),
             tracker,
+            cancel,
             dry_run,
         }
     }
 
-    /// Matches `anomaly` and, when a reflex matches, writes the triggered record and starts the action.
+    /// The history behind `GET /actions`.
+    pub fn history(&self) -> &ActionHistory {
+        &self.history
+    }
+
+    /// Matches `anomaly`; when a reflex matches and the rails admit it, writes the triggered
+    /// record and starts the action.
     pub fn dispatch(&self, anomaly: Anomaly, source: Source) -> DispatchOutcome {
         // One load per anomaly: match, workflow and version all come from the same snapshot.
         let snapshot = self.map.load();
         let Some((reflex, workflow)) = snapshot.map.lookup(&anomaly.name) else {
             records::unmatched(&self.log, &anomaly.name);
             return DispatchOutcome::Unmatched;
+        };
+        let permit = match self
+            .rails
+            .admit(&anomaly.name, reflex, workflow, Instant::now())
+        {
+            Ok(permit) => permit,
+            Err(reason) => {
+                records::action_suppressed(&self.log, &anomaly.name, &workflow.name, reason);
+                return DispatchOutcome::Suppressed {
+                    workflow: workflow.name.clone(),
+                    reason,
+                };
+            }
         };
         let run = ActionRun {
             action_id: uuid::Uuid::now_v7().to_string(),
@@ -102,17 +146,27 @@ impl Dispatcher {
             source,
             map_version: snapshot.version.clone(),
             dry_run: self.dry_run,
+            received_at: SystemTime::now(),
         };
         drop(snapshot);
         records::action_triggered(&self.log, &run);
+        self.history.started(&run);
         let outcome = DispatchOutcome::Dispatched {
             workflow: run.workflow.name.clone(),
             action_id: run.action_id.clone(),
         };
-        let log = self.log.clone();
+        let this = self.clone();
         self.tracker.spawn(async move {
-            let report = actions::run(&run).await;
-            records::action_finished(&log, &run, &report);
+            let report = actions::run(&run, &this.cancel).await;
+            let breaker = run.workflow.breaker;
+            if let Some(opened) = this
+                .rails
+                .finish(permit, report.outcome, breaker, Instant::now())
+            {
+                records::circuit_opened(&this.log, &run.workflow.name, &opened);
+            }
+            this.history.finished(&run.action_id, &report);
+            records::action_finished(&this.log, &run, &report);
         });
         outcome
     }

@@ -1,7 +1,11 @@
 //! The slog pipeline (SPEC §5): term or JSON to stderr, behind an async drain that blocks rather
 //! than drops, with the level filter in front of it so filtered records never cross the channel.
+//! With `--audit-log`, healing-action records are also appended to a file as JSON lines.
 
-use std::io::{IsTerminal, LineWriter};
+use std::fs::{File, OpenOptions};
+use std::io::{self, IsTerminal, LineWriter, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 
 use slog::{o, Drain, Logger};
 
@@ -11,42 +15,119 @@ use crate::cli::LogFormat;
 /// blocking, small enough that the preallocated ring stays well under a MiB of resident memory.
 const LOG_CHANNEL_RECORDS: usize = 4096;
 
+/// The slog tag of the records that describe healing actions: what the audit log keeps.
+/// (A tag survives the async channel; the message's static string does not.)
+pub const AUDIT_TAG: &str = "audit";
+
 /// Keeps the logging thread alive; dropping it flushes every queued record and joins the thread.
 pub struct LogGuard(#[allow(dead_code)] slog_async::AsyncGuard);
 
+type BoxedDrain = Box<dyn Drain<Ok = (), Err = slog::Never> + Send>;
+
 /// Builds the daemon's root logger. `format` defaults to term on a terminal and JSON otherwise.
-pub fn init(format: Option<LogFormat>, level: slog::Level) -> (Logger, LogGuard) {
-    let format = format.unwrap_or(if std::io::stderr().is_terminal() {
+pub fn init(
+    format: Option<LogFormat>,
+    level: slog::Level,
+    audit_log: Option<&Path>,
+) -> io::Result<(Logger, LogGuard)> {
+    let format = format.unwrap_or(if io::stderr().is_terminal() {
         LogFormat::Term
     } else {
         LogFormat::Json
     });
-    match format {
+    let stderr: BoxedDrain = match format {
         LogFormat::Term => {
             let decorator = slog_term::TermDecorator::new().stderr().build();
-            let drain = slog_term::FullFormat::new(decorator).build().ignore_res();
-            finish(drain, level)
+            Box::new(slog_term::FullFormat::new(decorator).build().ignore_res())
         }
-        LogFormat::Json => {
-            // LineWriter turns each record into one write(2), so concurrent writers never interleave.
-            let drain = slog_json::Json::new(LineWriter::new(std::io::stderr()))
-                .add_default_keys()
-                .build()
-                .ignore_res();
-            finish(drain, level)
+        // LineWriter turns each record into one write(2), so concurrent writers never interleave.
+        LogFormat::Json => Box::new(json_drain(LineWriter::new(io::stderr()))),
+    };
+    let drain: BoxedDrain = match audit_log {
+        Some(path) => {
+            let audit = AuditFilter(json_drain(LineWriter::new(AuditFile::open(path)?)));
+            Box::new(slog::Duplicate::new(stderr, audit).ignore_res())
         }
-    }
-}
-
-fn finish<D>(drain: D, level: slog::Level) -> (Logger, LogGuard)
-where
-    D: Drain<Ok = (), Err = slog::Never> + Send + 'static,
-{
+        None => stderr,
+    };
     let (async_drain, guard) = slog_async::Async::new(drain)
         .chan_size(LOG_CHANNEL_RECORDS)
         .overflow_strategy(slog_async::OverflowStrategy::Block)
         .thread_name("autohealer-log".into())
         .build_with_guard();
     let drain = slog::LevelFilter::new(async_drain, level).ignore_res();
-    (Logger::root(drain, o!()), LogGuard(guard))
+    Ok((Logger::root(drain, o!()), LogGuard(guard)))
+}
+
+fn json_drain<W: Write + Send + 'static>(writer: W) -> impl Drain<Ok = (), Err = slog::Never> {
+    slog_json::Json::new(writer)
+        .add_default_keys()
+        .build()
+        .ignore_res()
+}
+
+/// Passes on only the healing-action records.
+struct AuditFilter<D>(D);
+
+impl<D: Drain<Ok = (), Err = slog::Never>> Drain for AuditFilter<D> {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, record: &slog::Record, values: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        if record.tag() == AUDIT_TAG {
+            self.0.log(record, values)?;
+        }
+        Ok(())
+    }
+}
+
+/// An append-only audit file that follows rotation: when the path no longer names the file it
+/// has open (renamed away by logrotate, or deleted), it opens the path anew before writing.
+struct AuditFile {
+    path: PathBuf,
+    file: File,
+    identity: (u64, u64),
+}
+
+impl AuditFile {
+    fn open(path: &Path) -> io::Result<AuditFile> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .open(path)
+            .map_err(|err| {
+                io::Error::new(
+                    err.kind(),
+                    format!("cannot open the audit log {}: {err}", path.display()),
+                )
+            })?;
+        let meta = file.metadata()?;
+        Ok(AuditFile {
+            path: path.to_path_buf(),
+            file,
+            identity: (meta.dev(), meta.ino()),
+        })
+    }
+
+    fn reopen_if_rotated(&mut self) {
+        let current = std::fs::metadata(&self.path).map(|m| (m.dev(), m.ino()));
+        if current.ok() != Some(self.identity) {
+            // On failure keep writing to the old handle rather than losing the record.
+            if let Ok(reopened) = AuditFile::open(&self.path) {
+                *self = reopened;
+            }
+        }
+    }
+}
+
+impl Write for AuditFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.reopen_if_rotated();
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
 }

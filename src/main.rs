@@ -11,11 +11,14 @@ mod check;
 mod cli;
 mod config;
 mod dispatch;
+mod history;
 mod logging;
 mod matcher;
+mod rails;
 mod records;
 mod reload;
 mod server;
+mod template;
 
 use std::process::ExitCode;
 
@@ -28,7 +31,14 @@ fn main() -> ExitCode {
     // clap exits with 2 on a usage error.
     match cli::Cli::parse().into_command() {
         cli::Command::Run(args) => {
-            let (log, guard) = logging::init(args.log_format, args.log_level);
+            let (log, guard) =
+                match logging::init(args.log_format, args.log_level, args.audit_log.as_deref()) {
+                    Ok(logging) => logging,
+                    Err(err) => {
+                        eprintln!("autohealer: cannot run: {err}");
+                        return ExitCode::FAILURE;
+                    }
+                };
             let result = app::run(args, log);
             drop(guard); // flush every record before the last words
             match result {

@@ -1,5 +1,6 @@
 //! One function per log record the contract names (SPEC §5), so their messages and keys live in
-//! one place and tests can rely on them.
+//! one place and tests can rely on them. Healing-action records carry the `audit` tag, which is
+//! how `--audit-log` picks them out.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -7,6 +8,8 @@ use std::path::Path;
 use slog::{crit, error, info, warn, Logger};
 
 use crate::actions::{ActionReport, ActionRun};
+use crate::logging::AUDIT_TAG;
+use crate::rails::{CircuitOpened, SuppressReason};
 
 /// Why a reload happened, as the `trigger` key of `reflex map loaded`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +34,7 @@ impl Trigger {
 
 /// CRIT `healing action triggered`: the traceable record of a healing action starting.
 pub fn action_triggered(log: &Logger, run: &ActionRun) {
-    crit!(log, "healing action triggered";
+    crit!(log, #AUDIT_TAG, "healing action triggered";
         "dry_run" => run.dry_run,
         "params" => slog::Serde(run.params.clone()),
         "details" => slog::Serde(run.details.clone()),
@@ -46,13 +49,33 @@ pub fn action_triggered(log: &Logger, run: &ActionRun) {
 
 /// CRIT `healing action finished`: how the action ended, with its kind-specific keys.
 pub fn action_finished(log: &Logger, run: &ActionRun, report: &ActionReport) {
-    crit!(log, "healing action finished";
+    crit!(log, #AUDIT_TAG, "healing action finished";
         ReportKv(report),
         "outcome" => report.outcome.as_str(),
         "action" => run.workflow.action.kind(),
         "workflow" => &run.workflow.name,
         "anomaly" => &run.anomaly,
         "action_id" => &run.action_id,
+    );
+}
+
+/// WARN `healing action suppressed`: a safety rail held a matched anomaly back.
+pub fn action_suppressed(log: &Logger, anomaly: &str, workflow: &str, reason: SuppressReason) {
+    warn!(log, #AUDIT_TAG, "healing action suppressed";
+        "reason" => reason.as_str(),
+        "workflow" => workflow,
+        "anomaly" => anomaly,
+    );
+}
+
+/// CRIT `circuit opened`: a workflow failed too often and is suspended until `until`.
+pub fn circuit_opened(log: &Logger, workflow: &str, opened: &CircuitOpened) {
+    let until = std::time::SystemTime::now() + opened.open_for;
+    crit!(log, #AUDIT_TAG, "circuit opened";
+        "until" => %humantime::format_rfc3339_seconds(until),
+        "within" => %humantime::format_duration(opened.within),
+        "failures" => opened.failures,
+        "workflow" => workflow,
     );
 }
 
@@ -138,6 +161,9 @@ impl slog::KV for ReportKv<'_> {
         }
         if let Some(attempts) = report.attempts {
             s.emit_u32("attempts", attempts)?;
+        }
+        if let Some(would_run) = &report.would_run {
+            s.emit_str("would_run", would_run)?;
         }
         Ok(())
     }

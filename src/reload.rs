@@ -7,6 +7,8 @@
 
 use std::ffi::OsString;
 use std::fmt;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -19,7 +21,7 @@ use sha2::{Digest, Sha256};
 use slog::Logger;
 use tokio::sync::oneshot;
 
-use crate::config::{self, ConfigError, ConfigErrors, ReflexMap};
+use crate::config::{self, Action, ConfigError, ConfigErrors, ReflexMap};
 use crate::records::{self, Trigger};
 
 /// How long file events are coalesced before one reload; editors write in several steps.
@@ -52,6 +54,11 @@ pub enum LoadError {
         source: std::io::Error,
     },
     Invalid(ConfigErrors),
+    /// The map declares exec workflows and people other than its owner can write it.
+    Insecure {
+        path: PathBuf,
+        mode: u32,
+    },
 }
 
 impl LoadError {
@@ -72,28 +79,62 @@ impl fmt::Display for LoadError {
                 )
             }
             LoadError::Invalid(errors) => write!(f, "{errors}"),
+            LoadError::Insecure { path, mode } => write!(
+                f,
+                "{path}: refusing a map that declares exec workflows and is writable by group or others \
+                 (mode {mode:04o}): anyone who can write it could run commands as the daemon; \
+                 fix with: chmod go-w {path}",
+                path = path.display(),
+            ),
         }
     }
 }
 
 impl std::error::Error for LoadError {}
 
-/// The file's bytes and their digest, read once per reload attempt.
+/// The file's bytes, their digest and its permission bits, read once per reload attempt.
 struct MapFile {
     bytes: Vec<u8>,
     digest: [u8; 32],
+    mode: u32,
 }
 
 fn read_file(path: &Path) -> Result<MapFile, LoadError> {
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+    let read = || -> std::io::Result<MapFile> {
+        // Mode and bytes come from the same open file, so a swap in between cannot mix them.
+        let mut file = std::fs::File::open(path)?;
+        let mode = file.metadata()?.permissions().mode();
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let digest = Sha256::digest(&bytes).into();
+        Ok(MapFile {
+            bytes,
+            digest,
+            mode,
+        })
+    };
+    read().map_err(|source| LoadError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
-    let digest = Sha256::digest(&bytes).into();
-    Ok(MapFile { bytes, digest })
+    })
 }
 
 fn compile_file(path: &Path, file: &MapFile) -> Result<ReflexMap, LoadError> {
+    let map = parse_file(path, file)?;
+    let runs_commands = map
+        .workflows
+        .values()
+        .any(|w| matches!(w.action, Action::Exec(_)));
+    if runs_commands && file.mode & 0o022 != 0 {
+        return Err(LoadError::Insecure {
+            path: path.to_path_buf(),
+            mode: file.mode & 0o7777,
+        });
+    }
+    Ok(map)
+}
+
+fn parse_file(path: &Path, file: &MapFile) -> Result<ReflexMap, LoadError> {
     let source = std::str::from_utf8(&file.bytes).map_err(|err| {
         LoadError::Invalid(ConfigErrors(vec![ConfigError {
             path: path.to_path_buf(),

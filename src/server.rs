@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use crate::actions::Source;
 use crate::dispatch::{Anomaly, DispatchOutcome, Dispatcher};
+use crate::history::HISTORY_CAPACITY;
 use crate::records::{self, Trigger};
 use crate::reload::{MapHandle, ReloadMessage, ReloadOutcome};
 
@@ -141,6 +142,10 @@ async fn route(state: &ServerState, request: Request<Incoming>) -> Result<HttpRe
             allow(&method, Method::GET, "GET")?;
             Ok(get_reflexes(state))
         }
+        "/actions" => {
+            allow(&method, Method::GET, "GET")?;
+            get_actions(state, request.uri().query())
+        }
         "/-/reload" => {
             allow(&method, Method::POST, "POST")?;
             post_reload(state).await
@@ -178,6 +183,10 @@ async fn post_anomaly(
         } => json_response(
             StatusCode::ACCEPTED,
             &json!({"status": "dispatched", "anomaly": name, "workflow": workflow, "action_id": action_id}),
+        ),
+        DispatchOutcome::Suppressed { workflow, reason } => json_response(
+            StatusCode::OK,
+            &json!({"status": "suppressed", "anomaly": name, "workflow": workflow, "reason": reason.as_str()}),
         ),
         DispatchOutcome::Unmatched => json_response(
             StatusCode::OK,
@@ -245,6 +254,31 @@ fn get_reflexes(state: &ServerState) -> HttpResponse {
             "workflows": snapshot.map.workflows,
         }),
     )
+}
+
+/// `GET /actions?limit=N`: the newest N actions (default 50, at most the history's size).
+fn get_actions(state: &ServerState, query: Option<&str>) -> Result<HttpResponse, ApiError> {
+    const DEFAULT_LIMIT: usize = 50;
+    let mut limit = DEFAULT_LIMIT;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        if let Some(value) = pair.strip_prefix("limit=") {
+            limit = value
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=HISTORY_CAPACITY).contains(n))
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("`limit` must be a whole number from 1 to {HISTORY_CAPACITY}"),
+                    )
+                })?;
+        }
+    }
+    let actions = state.dispatcher.history().newest(limit);
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "actions": actions }),
+    ))
 }
 
 async fn post_reload(state: &ServerState) -> Result<HttpResponse, ApiError> {

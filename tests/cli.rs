@@ -10,7 +10,7 @@ fn check_accepts_the_shipped_map() {
     assert!(
         stdout.contains("valid, version ")
             && stdout.contains(
-                "4 reflexes (1 exact, 3 patterns), 3 workflows (1 log, 1 exec, 1 webhook)"
+                "4 reflexes (1 exact, 3 patterns), 2 workflows (1 log, 0 exec, 1 webhook)"
             ),
         "{stdout}"
     );

@@ -2,6 +2,7 @@
 
 mod util;
 
+mod actions;
 mod cli;
 mod http_api;
 mod log_records;

@@ -56,15 +56,33 @@ impl MapDir {
 
     /// Overwrites `map.yml` in place (truncate and write), as `echo > file` does.
     pub fn write_in_place(&self, content: &str) {
-        std::fs::write(self.path(), content).expect("write map");
+        write_private(&self.path(), content);
     }
 
     /// Writes a temp file and renames it over `map.yml`, as vim, `sed -i` and editors do.
     pub fn write_by_rename(&self, content: &str) {
         let tmp = self.file(".map.yml.tmp");
-        std::fs::write(&tmp, content).expect("write temp map");
+        write_private(&tmp, content);
         std::fs::rename(&tmp, self.path()).expect("rename map");
     }
+
+    /// Writes a shell script into the directory and returns its path. Maps run it as
+    /// `[sh, SCRIPT]`: exec'ing a file just written can fail with ETXTBSY while another test
+    /// thread forks with the write descriptor still open.
+    pub fn script(&self, name: &str, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.file(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write script");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        path
+    }
+}
+
+/// Writes `content` with mode 0600 whatever the umask, as a map with exec workflows must be.
+pub fn write_private(path: &Path, content: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, content).expect("write file");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod file");
 }
 
 /// A response read off the wire.
@@ -356,4 +374,156 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// A request the test receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Received {
+    /// A header's value, by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// How the receiver answers one request.
+#[derive(Debug, Clone, Copy)]
+pub enum Reply {
+    Status(u16),
+    /// Read the request, then answer nothing until the receiver is dropped.
+    Hang,
+}
+
+/// A real HTTP server on loopback standing in for n8n: records every request and answers from a
+/// script of replies (then 200 once the script runs out).
+pub struct Receiver {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Receiver {
+    /// Starts a receiver that answers with `replies` in order.
+    pub fn start(replies: &[Reply]) -> Receiver {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind receiver");
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let replies = Arc::new(Mutex::new(
+            replies
+                .iter()
+                .copied()
+                .collect::<std::collections::VecDeque<_>>(),
+        ));
+        {
+            let (received, stop) = (received.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let reply = replies
+                        .lock()
+                        .unwrap()
+                        .pop_front()
+                        .unwrap_or(Reply::Status(200));
+                    let (received, stop) = (received.clone(), stop.clone());
+                    std::thread::spawn(move || serve_one(stream, reply, &received, &stop));
+                }
+            });
+        }
+        Receiver {
+            addr,
+            received,
+            stop,
+        }
+    }
+
+    /// The receiver's URL for `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+fn serve_one(
+    stream: TcpStream,
+    reply: Reply,
+    received: &Mutex<Vec<Received>>,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    let mut reader = BufReader::new(stream);
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    let path = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("")
+        .to_string();
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            headers.push((name.trim().to_string(), value.trim().to_string()));
+        }
+    }
+    let length = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; length];
+    if reader.read_exact(&mut body).is_err() {
+        return;
+    }
+    received.lock().unwrap().push(Received {
+        path,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    });
+    let mut stream = reader.into_inner();
+    match reply {
+        Reply::Status(status) => {
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+            );
+        }
+        Reply::Hang => {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Wake the accept loop so its thread ends.
+        let _ = TcpStream::connect(self.addr);
+    }
 }

@@ -4,12 +4,17 @@
 //! in an `ActionReport`, never a panic or an error that escapes: a broken workflow is a `failed`
 //! or `timeout` record, not a broken daemon.
 
+mod exec;
 mod log;
+mod webhook;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Action, JsonObject, Workflow};
+use crate::template::TemplateContext;
 
 /// Where an anomaly came from, as the `source` key of the triggered record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,12 +43,28 @@ pub struct ActionRun {
     /// Version of the map snapshot that matched the anomaly.
     pub map_version: Arc<str>,
     pub dry_run: bool,
+    pub received_at: SystemTime,
+}
+
+impl ActionRun {
+    /// The values templates expand against for this run.
+    pub fn template_context(&self) -> TemplateContext<'_> {
+        TemplateContext {
+            anomaly: &self.anomaly,
+            workflow: &self.workflow.name,
+            action_id: &self.action_id,
+            details: &self.details,
+            params: &self.params,
+        }
+    }
 }
 
 /// How an action ended, as the `outcome` key of the finished record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Ok,
+    Failed,
+    Timeout,
 }
 
 impl Outcome {
@@ -51,6 +72,8 @@ impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+            Outcome::Timeout => "timeout",
         }
     }
 }
@@ -70,6 +93,8 @@ pub struct ActionReport {
     pub http_status: Option<u16>,
     /// Webhook actions: how many requests were sent.
     pub attempts: Option<u32>,
+    /// Dry runs: what would have been executed.
+    pub would_run: Option<String>,
 }
 
 impl ActionReport {
@@ -83,14 +108,26 @@ impl ActionReport {
             output: None,
             http_status: None,
             attempts: None,
+            would_run: None,
         }
+    }
+
+    /// A failed report with `error` as the reason.
+    pub fn failed(duration: Duration, error: impl Into<String>) -> ActionReport {
+        ActionReport::new(Outcome::Failed, duration, Some(error.into()))
     }
 }
 
-/// Runs the action of `run.workflow` to completion and reports how it ended.
-pub async fn run(run: &ActionRun) -> ActionReport {
+/// The reason recorded for actions cut short by shutdown.
+pub const SHUTDOWN_REASON: &str = "the daemon shut down before the action finished";
+
+/// Runs the action of `run.workflow` to completion, or until `cancel` fires at shutdown.
+pub async fn run(run: &ActionRun, cancel: &CancellationToken) -> ActionReport {
     match &run.workflow.action {
-        // Until exec and webhook execution lands, every workflow acts as log-only.
-        Action::Log | Action::Exec(_) | Action::Webhook(_) => log::run(run),
+        Action::Log => log::run(run),
+        Action::Exec(exec) if run.dry_run => exec::dry_run(exec, run),
+        Action::Exec(exec) => exec::run(exec, run, cancel).await,
+        Action::Webhook(hook) if run.dry_run => webhook::dry_run(hook, run),
+        Action::Webhook(hook) => webhook::run(hook, run, cancel).await,
     }
 }

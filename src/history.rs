@@ -1,0 +1,79 @@
+//! The in-memory history of recent healing actions behind `GET /actions` (SPEC §2).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::actions::{ActionReport, ActionRun};
+
+/// Actions remembered; older ones fall off.
+pub const HISTORY_CAPACITY: usize = 1000;
+
+/// One action as `GET /actions` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionEntry {
+    pub action_id: String,
+    pub anomaly: String,
+    pub workflow: String,
+    pub action: &'static str,
+    /// `running` until the action ends, then `ok`, `failed` or `timeout`.
+    pub outcome: &'static str,
+    #[serde(serialize_with = "serialize_time")]
+    pub started_at: SystemTime,
+    pub duration_ms: Option<u64>,
+    pub error: Option<String>,
+}
+
+fn serialize_time<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*time))
+}
+
+/// A bounded, newest-last ring of actions; cloning shares it.
+#[derive(Clone, Default)]
+pub struct ActionHistory {
+    entries: Arc<Mutex<VecDeque<ActionEntry>>>,
+}
+
+impl ActionHistory {
+    /// Remembers a dispatched action as `running`.
+    pub fn started(&self, run: &ActionRun) {
+        let mut entries = self.lock();
+        if entries.len() == HISTORY_CAPACITY {
+            entries.pop_front();
+        }
+        entries.push_back(ActionEntry {
+            action_id: run.action_id.clone(),
+            anomaly: run.anomaly.clone(),
+            workflow: run.workflow.name.clone(),
+            action: run.workflow.action.kind(),
+            outcome: "running",
+            started_at: run.received_at,
+            duration_ms: None,
+            error: None,
+        });
+    }
+
+    /// Fills in how the action ended (if it is still remembered).
+    pub fn finished(&self, action_id: &str, report: &ActionReport) {
+        let mut entries = self.lock();
+        // Recent actions finish first in practice, so search from the newest end.
+        if let Some(entry) = entries.iter_mut().rev().find(|e| e.action_id == action_id) {
+            entry.outcome = report.outcome.as_str();
+            entry.duration_ms = Some(report.duration.as_millis() as u64);
+            entry.error = report.error.clone();
+        }
+    }
+
+    /// The newest `limit` actions, newest first.
+    pub fn newest(&self, limit: usize) -> Vec<ActionEntry> {
+        self.lock().iter().rev().take(limit).cloned().collect()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VecDeque<ActionEntry>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

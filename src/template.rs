@@ -1,0 +1,223 @@
+//! `{{...}}` templates in exec argv elements and webhook header values (SPEC §3 "Templates").
+//!
+//! A template is parsed when the map loads, so a typo such as `{{detail.unit}}` is a config error
+//! with a position, not a failed action at 3 a.m. Expansion produces exactly one string per
+//! template: a placeholder never splits an argv element, and nothing reaches a shell.
+
+use std::fmt;
+
+use serde::{Serialize, Serializer};
+
+use crate::config::JsonObject;
+
+/// A parsed template: literal text and placeholders, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    source: String,
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    Anomaly,
+    Workflow,
+    ActionId,
+    /// A path into the anomaly's `details`, split on dots.
+    Details(Vec<String>),
+    /// A path into the reflex's `params`, split on dots.
+    Params(Vec<String>),
+}
+
+/// The values a template is expanded against, for one action.
+pub struct TemplateContext<'a> {
+    pub anomaly: &'a str,
+    pub workflow: &'a str,
+    pub action_id: &'a str,
+    pub details: &'a JsonObject,
+    pub params: &'a JsonObject,
+}
+
+impl Template {
+    /// Parses `source`; the error names the placeholder that is wrong.
+    pub fn parse(source: &str) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut rest = source;
+        while let Some(open) = rest.find("{{") {
+            if open > 0 {
+                parts.push(Part::Literal(rest[..open].to_string()));
+            }
+            let after = &rest[open + 2..];
+            let close = after.find("}}").ok_or_else(|| {
+                format!("template `{source}` has `{{{{` without a closing `}}}}`")
+            })?;
+            parts.push(parse_placeholder(source, after[..close].trim())?);
+            rest = &after[close + 2..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Literal(rest.to_string()));
+        }
+        Ok(Template {
+            source: source.to_string(),
+            parts,
+        })
+    }
+
+    /// Expands every placeholder; a missing key fails with a message naming it.
+    pub fn expand(&self, context: &TemplateContext<'_>) -> Result<String, String> {
+        let mut out = String::with_capacity(self.source.len());
+        for part in &self.parts {
+            match part {
+                Part::Literal(text) => out.push_str(text),
+                Part::Anomaly => out.push_str(context.anomaly),
+                Part::Workflow => out.push_str(context.workflow),
+                Part::ActionId => out.push_str(context.action_id),
+                Part::Details(path) => out.push_str(&lookup(context.details, path, "details")?),
+                Part::Params(path) => out.push_str(&lookup(context.params, path, "params")?),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The template as written in the map.
+    #[cfg(test)]
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+}
+
+impl fmt::Display for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+impl Serialize for Template {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.source)
+    }
+}
+
+fn parse_placeholder(source: &str, name: &str) -> Result<Part, String> {
+    let path = |prefix: &str| -> Option<Result<Vec<String>, String>> {
+        let rest = name.strip_prefix(prefix)?;
+        let keys: Vec<String> = rest.split('.').map(str::to_string).collect();
+        if keys.iter().any(String::is_empty) {
+            return Some(Err(format!(
+                "template `{source}`: `{{{{{name}}}}}` has an empty key"
+            )));
+        }
+        Some(Ok(keys))
+    };
+    match name {
+        "anomaly" => Ok(Part::Anomaly),
+        "workflow" => Ok(Part::Workflow),
+        "action_id" => Ok(Part::ActionId),
+        _ => {
+            if let Some(keys) = path("details.") {
+                return keys.map(Part::Details);
+            }
+            if let Some(keys) = path("params.") {
+                return keys.map(Part::Params);
+            }
+            Err(format!(
+                "template `{source}`: unknown placeholder `{{{{{name}}}}}`; use anomaly, workflow, action_id, details.KEY or params.KEY"
+            ))
+        }
+    }
+}
+
+/// Follows `path` into `object`; strings expand bare, other JSON values as JSON text.
+fn lookup(object: &JsonObject, path: &[String], root: &str) -> Result<String, String> {
+    let missing = || format!("template key `{root}.{}` is missing", path.join("."));
+    let (first, rest) = path.split_first().ok_or_else(missing)?;
+    let mut value = object.get(first).ok_or_else(missing)?;
+    for key in rest {
+        value = value.get(key).ok_or_else(missing)?;
+    }
+    Ok(match value {
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn object(value: serde_json::Value) -> JsonObject {
+        value.as_object().unwrap().clone()
+    }
+
+    fn expand(template: &str, details: serde_json::Value) -> Result<String, String> {
+        let details = object(details);
+        let params = object(json!({"unit": "nginx", "deep": {"x": 1}}));
+        Template::parse(template).unwrap().expand(&TemplateContext {
+            anomaly: "nginx.web1.down",
+            workflow: "restart",
+            action_id: "id-1",
+            details: &details,
+            params: &params,
+        })
+    }
+
+    #[test]
+    fn placeholders_expand_in_place() {
+        assert_eq!(
+            expand(
+                "--unit={{params.unit}}/{{ anomaly }}/{{workflow}}/{{action_id}}",
+                json!({})
+            )
+            .unwrap(),
+            "--unit=nginx/nginx.web1.down/restart/id-1"
+        );
+        assert_eq!(expand("{{params.deep.x}}", json!({})).unwrap(), "1");
+        assert_eq!(expand("{{details.n}}", json!({"n": 5000})).unwrap(), "5000");
+        assert_eq!(
+            expand("{{details.o}}", json!({"o": {"a": true}})).unwrap(),
+            r#"{"a":true}"#
+        );
+        assert_eq!(
+            expand("no placeholders", json!({})).unwrap(),
+            "no placeholders"
+        );
+    }
+
+    #[test]
+    fn hostile_values_stay_one_string() {
+        let hostile = "x; touch /tmp/pwned $(id) `id` 'q' \"d\"";
+        assert_eq!(
+            expand("{{details.v}}", json!({"v": hostile})).unwrap(),
+            hostile
+        );
+    }
+
+    #[test]
+    fn missing_keys_fail_clearly() {
+        assert_eq!(
+            expand("{{details.region}}", json!({})).unwrap_err(),
+            "template key `details.region` is missing"
+        );
+        assert_eq!(
+            expand("{{params.deep.y}}", json!({})).unwrap_err(),
+            "template key `params.deep.y` is missing"
+        );
+    }
+
+    #[test]
+    fn bad_templates_are_rejected_at_parse() {
+        assert_eq!(
+            Template::parse("{{detail.unit}}").unwrap_err(),
+            "template `{{detail.unit}}`: unknown placeholder `{{detail.unit}}`; use anomaly, workflow, action_id, details.KEY or params.KEY"
+        );
+        assert_eq!(
+            Template::parse("a {{anomaly").unwrap_err(),
+            "template `a {{anomaly` has `{{` without a closing `}}`"
+        );
+        assert_eq!(
+            Template::parse("{{params.}}").unwrap_err(),
+            "template `{{params.}}`: `{{params.}}` has an empty key"
+        );
+    }
+}
