@@ -1,27 +1,8 @@
-//! AutoHealer: a host daemon that acts as a machine's immune system.
-//!
-//! Layout: `cli` parses the command line; `app` runs the daemon (startup, signals, shutdown);
-//! `config` parses and compiles `reflex_map.yml`, with `matcher` for names and patterns; `reload`
-//! owns the live map and its watcher; `server` is the HTTP API; `dispatch` turns an anomaly into
-//! an action from `actions`; `records` writes the log records; `logging` builds the slog drain.
-
-mod actions;
-mod app;
-mod check;
-mod cli;
-mod config;
-mod dispatch;
-mod history;
-mod logging;
-mod matcher;
-mod rails;
-mod records;
-mod reload;
-mod server;
-mod template;
+//! The `autohealer` binary: command line in, exit code out; everything else is in the library.
 
 use std::process::ExitCode;
 
+use autohealer::{app, check, cli, logging};
 use clap::Parser;
 
 /// Exit code for a missing or invalid config at startup (sysexits' EX_CONFIG).

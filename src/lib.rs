@@ -1,0 +1,29 @@
+//! AutoHealer: a host daemon that acts as a machine's immune system.
+//!
+//! Layout:
+//! - `cli` parses the command line; `app` runs the daemon (startup, signals, shutdown order);
+//!   `check` validates a map from the command line.
+//! - `config` parses and compiles `reflex_map.yml` into a `ReflexMap`, with `matcher` for names
+//!   and patterns and `template` for `{{...}}` placeholders.
+//! - `reload` owns the live map (the sole `ArcSwap` writer) and its file watcher.
+//! - `server` is the HTTP API; `dispatch` turns an anomaly into an action, through the safety
+//!   `rails`, and keeps the `history`; `actions` holds one module per kind of action.
+//! - `records` writes the log records; `logging` builds the slog drain.
+//!
+//! The binary (`main.rs`) only parses the command line and maps errors to exit codes; the library
+//! exists so benchmarks can reach the hot functions.
+
+pub mod actions;
+pub mod app;
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod dispatch;
+pub mod history;
+pub mod logging;
+pub mod matcher;
+pub mod rails;
+pub mod records;
+pub mod reload;
+pub mod server;
+pub mod template;
