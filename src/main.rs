@@ -2,20 +2,25 @@
 //!
 //! Layout: `cli` parses the command line; `app` runs the daemon (startup, signals, shutdown);
 //! `config` parses and compiles `reflex_map.yml`, with `matcher` for names and patterns; `reload`
-//! owns the live map and its watcher; `server` is the HTTP API; `dispatch` turns an anomaly into
-//! an action from `actions`; `records` writes the log records; `logging` builds the slog drain.
+//! owns the live map and its watcher; `server` is the HTTP API, with `auth` for its bearer token
+//! and `connections` for its connection cap; `dispatch` turns an anomaly into an action from
+//! `actions`; `records` writes the log records; `logging` builds the slog drain; `systemd` speaks
+//! the notify protocol and takes a socket-activated listener.
 
 mod actions;
 mod app;
+mod auth;
 mod check;
 mod cli;
 mod config;
+mod connections;
 mod dispatch;
 mod logging;
 mod matcher;
 mod records;
 mod reload;
 mod server;
+mod systemd;
 
 use std::process::ExitCode;
 
@@ -28,15 +33,19 @@ fn main() -> ExitCode {
     // clap exits with 2 on a usage error.
     match cli::Cli::parse().into_command() {
         cli::Command::Run(args) => {
+            // SAFETY: no thread exists yet (the log drain starts its own just below).
+            let host = unsafe { systemd::HostEnv::take() };
             let (log, guard) = logging::init(args.log_format, args.log_level);
-            let result = app::run(args, log);
+            let result = app::run(args, log, host);
             drop(guard); // flush every record before the last words
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("autohealer: cannot run: {err}");
                     match err {
-                        app::AppError::Config(_) => ExitCode::from(EXIT_CONFIG),
+                        app::AppError::Config(_) | app::AppError::Token(_) => {
+                            ExitCode::from(EXIT_CONFIG)
+                        }
                         app::AppError::Other(_) => ExitCode::FAILURE,
                     }
                 }
