@@ -18,10 +18,12 @@ use crate::records;
 /// Why a token file cannot be used.
 #[derive(Debug)]
 pub enum TokenError {
+    /// The file cannot be read (missing, or not readable by the daemon's user).
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Nothing but whitespace: no token at all, which must not mean "no auth".
     Empty {
         path: PathBuf,
     },

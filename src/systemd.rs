@@ -129,9 +129,12 @@ impl Notifier {
             Some(name) => SocketAddr::from_abstract_name(name)?,
             None => SocketAddr::from_pathname(path)?,
         };
+        let datagram = UnixDatagram::unbound()?;
+        // A manager too busy to read loses a message rather than stalling a runtime worker.
+        datagram.set_nonblocking(true)?;
         Ok(Notifier {
             socket: Some(Arc::new(NotifySocket {
-                datagram: UnixDatagram::unbound()?,
+                datagram,
                 addr,
                 stopping: AtomicBool::new(false),
             })),
@@ -218,7 +221,8 @@ pub fn map_status(map: &LoadedMap, rejected: Option<&str>) -> String {
 /// each new connection is served — ran within the tolerance. A wedged runtime sends nothing, and
 /// systemd restarts the daemon once `WatchdogSec` passes.
 pub async fn run_watchdog(notifier: Notifier, timeout: Duration, log: Logger) {
-    let period = timeout / 2;
+    // tokio's interval refuses a zero period; WATCHDOG_USEC=1 must not take the daemon down.
+    let period = (timeout / 2).max(Duration::from_millis(1));
     let tolerance = period / 2;
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
