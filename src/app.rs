@@ -12,7 +12,7 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use slog::Logger;
 use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -95,6 +95,9 @@ async fn serve(
     initial: reload::LoadedMap,
     token: Option<Arc<TokenFile>>,
 ) -> Result<(), AppError> {
+    // Before READY=1 and the `listening` record: from then on systemd (`systemctl reload`) or a
+    // test may send SIGHUP, whose default action would kill the daemon.
+    let signals = install_signals();
     let HostEnv {
         notifier,
         notify_error,
@@ -166,7 +169,7 @@ async fn serve(
         let reload_tx = reload_tx.clone();
         let timeout = args.shutdown_timeout;
         async move {
-            let signal = wait_for_signals(&log, &reload_tx).await;
+            let signal = wait_for_signals(&log, &reload_tx, signals).await;
             records::shutting_down(&log, signal);
             notifier.stopping(&format!("stopping on {signal}"));
             let _ = deadline_tx.send(Some(Instant::now() + timeout));
@@ -206,13 +209,33 @@ async fn serve(
     Ok(())
 }
 
+/// The stop and reload signals' streams; from their creation on, none of them kills the daemon.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+fn install_signals() -> Option<Signals> {
+    Some(Signals {
+        term: signal(SignalKind::terminate()).ok()?,
+        int: signal(SignalKind::interrupt()).ok()?,
+        hup: signal(SignalKind::hangup()).ok()?,
+    })
+}
+
 /// Waits for SIGTERM or SIGINT, forwarding each SIGHUP to the reloader meanwhile.
-async fn wait_for_signals(log: &Logger, reload: &mpsc::Sender<ReloadMessage>) -> &'static str {
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
+async fn wait_for_signals(
+    log: &Logger,
+    reload: &mpsc::Sender<ReloadMessage>,
+    signals: Option<Signals>,
+) -> &'static str {
+    let Some(Signals {
+        mut term,
+        mut int,
+        mut hup,
+    }) = signals
+    else {
         slog::error!(
             log,
             "cannot install signal handlers; stop the daemon with SIGKILL"

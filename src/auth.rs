@@ -24,13 +24,9 @@ pub enum TokenError {
         source: std::io::Error,
     },
     /// Nothing but whitespace: no token at all, which must not mean "no auth".
-    Empty {
-        path: PathBuf,
-    },
+    Empty { path: PathBuf },
     /// A token must fit in an `Authorization` header: one word of visible ASCII.
-    Malformed {
-        path: PathBuf,
-    },
+    Malformed { path: PathBuf },
 }
 
 impl fmt::Display for TokenError {
