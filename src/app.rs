@@ -1,8 +1,9 @@
 //! The daemon's life: startup order, signal handling, and shutdown order.
 //!
-//! Startup: load the map (fail fast, exit 78) → bind → start the reloader and watcher → serve.
-//! Shutdown: stop accepting → drain connections → wait for running actions → stop the reloader;
-//! the caller then drops the log guard, which flushes every record.
+//! Startup: load the map and the token (fail fast, exit 78) → bind, or take the socket systemd
+//! passed → start the reloader and watcher → `READY=1` and the watchdog → serve.
+//! Shutdown: `STOPPING=1` → stop accepting → drain connections → wait for running actions → stop
+//! the reloader; the caller then drops the log guard, which flushes every record.
 
 use std::fmt;
 use std::sync::{mpsc, Arc};
@@ -12,17 +13,19 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use slog::Logger;
 use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{TokenError, TokenFile};
 use crate::cli::RunArgs;
 use crate::dispatch::Dispatcher;
 use crate::records::{self, Trigger};
 use crate::reload::{self, LoadError, ReloadMessage, Reloader};
 use crate::server::{self, ServerState};
+use crate::systemd::{self, HostEnv};
 
 /// After the shutdown deadline, how long cancelled actions get to kill their processes and
 /// write their finished records.
@@ -33,6 +36,8 @@ const CANCEL_GRACE: Duration = Duration::from_secs(5);
 pub enum AppError {
     /// The map is missing or invalid at startup (exit 78, so systemd does not restart-loop).
     Config(LoadError),
+    /// The token file is unreadable or empty at startup: configuration too, so exit 78.
+    Token(TokenError),
     /// Anything else (exit 1).
     Other(anyhow::Error),
 }
@@ -41,6 +46,7 @@ impl fmt::Display for AppError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AppError::Config(err) => write!(f, "{err}"),
+            AppError::Token(err) => write!(f, "{err}"),
             AppError::Other(err) => write!(f, "{err:#}"),
         }
     }
@@ -52,21 +58,62 @@ impl From<anyhow::Error> for AppError {
     }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub fn run(args: RunArgs, log: Logger) -> Result<(), AppError> {
+/// Runs the daemon until SIGTERM or SIGINT, with what systemd handed the process in `host`.
+pub fn run(args: RunArgs, log: Logger, host: HostEnv) -> Result<(), AppError> {
     let initial = reload::load(&args.config, 1).map_err(AppError::Config)?;
+    let token = match &args.token_file {
+        Some(path) => Some(Arc::new(TokenFile::load(path).map_err(AppError::Token)?)),
+        None => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("autohealer-worker")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(args, log, initial))
+    runtime.block_on(serve(args, log, host, initial, token))
 }
 
-async fn serve(args: RunArgs, log: Logger, initial: reload::LoadedMap) -> Result<(), AppError> {
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+/// The socket systemd passed (socket activation), else `--listen` bound here; true if passed.
+async fn open_listener(
+    args: &RunArgs,
+    passed: Result<Option<std::os::fd::OwnedFd>, String>,
+) -> anyhow::Result<(TcpListener, bool)> {
+    match passed.map_err(anyhow::Error::msg)? {
+        Some(fd) => {
+            let listener = systemd::tcp_listener(fd)
+                .and_then(TcpListener::from_std)
+                .context("cannot serve on the socket systemd passed")?;
+            Ok((listener, true))
+        }
+        None => {
+            let listener = TcpListener::bind(args.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", args.listen))?;
+            Ok((listener, false))
+        }
+    }
+}
+
+async fn serve(
+    args: RunArgs,
+    log: Logger,
+    host: HostEnv,
+    initial: reload::LoadedMap,
+    token: Option<Arc<TokenFile>>,
+) -> Result<(), AppError> {
+    // Before READY=1 and the `listening` record: from then on systemd (`systemctl reload`) or a
+    // test may send SIGHUP, whose default action would kill the daemon.
+    let signals = install_signals();
+    let HostEnv {
+        notifier,
+        notify_error,
+        watchdog,
+        listener,
+    } = host;
+    if let Some(error) = notify_error {
+        records::notify_unavailable(&log, &error);
+    }
+    let (listener, activated) = open_listener(&args, listener).await?;
     let addr = listener
         .local_addr()
         .context("cannot read the bound address")?;
@@ -81,7 +128,9 @@ async fn serve(args: RunArgs, log: Logger, initial: reload::LoadedMap) -> Result
     );
     let map = Arc::new(ArcSwap::from_pointee(initial));
     let (reload_tx, reload_rx) = mpsc::channel();
-    let reloader = Reloader::new(args.config.clone(), map.clone(), log.clone());
+    let reloader = Reloader::new(args.config.clone(), map.clone(), log.clone())
+        .with_notifier(notifier.clone())
+        .with_token(token.clone());
     // Without a watcher the daemon still serves and reloads on SIGHUP and POST /-/reload.
     let _watcher = match reloader.watch(reload_tx.clone()) {
         Ok(watcher) => Some(watcher),
@@ -108,9 +157,24 @@ async fn serve(args: RunArgs, log: Logger, initial: reload::LoadedMap) -> Result
         map,
         reload: reload_tx.clone(),
         max_body: args.max_body,
+        read_timeout: args.header_read_timeout,
+        max_connections: args.max_connections as usize,
+        token: token.clone(),
         log: log.clone(),
     });
-    records::listening(&log, addr, &args.config);
+    records::listening(&log, addr, &args.config, activated);
+    if token.is_none() && !addr.ip().is_loopback() {
+        records::listening_without_token(&log, addr);
+    }
+    // Map loaded, socket bound, reloader running: ready (SPEC §6).
+    notifier.ready(&systemd::map_status(&state.map.load(), None));
+    let watchdog = watchdog.filter(|_| notifier.is_enabled()).map(|timeout| {
+        tokio::spawn(systemd::run_watchdog(
+            notifier.clone(),
+            timeout,
+            log.clone(),
+        ))
+    });
 
     // The deadline starts when the stop signal arrives and bounds the whole drain.
     let (deadline_tx, mut deadline_rx) = watch::channel(None::<Instant>);
@@ -119,8 +183,9 @@ async fn serve(args: RunArgs, log: Logger, initial: reload::LoadedMap) -> Result
         let reload_tx = reload_tx.clone();
         let timeout = args.shutdown_timeout;
         async move {
-            let signal = wait_for_signals(&log, &reload_tx).await;
+            let signal = wait_for_signals(&log, &reload_tx, signals).await;
             records::shutting_down(&log, signal);
+            notifier.stopping(&format!("stopping on {signal}"));
             let _ = deadline_tx.send(Some(Instant::now() + timeout));
         }
     };
@@ -161,16 +226,39 @@ async fn serve(args: RunArgs, log: Logger, initial: reload::LoadedMap) -> Result
     }
     let _ = reload_tx.send(ReloadMessage::Stop);
     let _ = tokio::task::spawn_blocking(move || reload_thread.join()).await;
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
     Ok(())
 }
 
+/// The stop and reload signals' streams; from their creation on, none of them kills the daemon.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+fn install_signals() -> Option<Signals> {
+    Some(Signals {
+        term: signal(SignalKind::terminate()).ok()?,
+        int: signal(SignalKind::interrupt()).ok()?,
+        hup: signal(SignalKind::hangup()).ok()?,
+    })
+}
+
 /// Waits for SIGTERM or SIGINT, forwarding each SIGHUP to the reloader meanwhile.
-async fn wait_for_signals(log: &Logger, reload: &mpsc::Sender<ReloadMessage>) -> &'static str {
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
+async fn wait_for_signals(
+    log: &Logger,
+    reload: &mpsc::Sender<ReloadMessage>,
+    signals: Option<Signals>,
+) -> &'static str {
+    let Some(Signals {
+        mut term,
+        mut int,
+        mut hup,
+    }) = signals
+    else {
         slog::error!(
             log,
             "cannot install signal handlers; stop the daemon with SIGKILL"

@@ -78,6 +78,14 @@ pub struct RunArgs {
     /// How long shutdown waits for in-flight requests and running actions.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// Most connections served at once; when full, the longest-idle connection is closed to make
+    /// room, so a flood of idle or slow clients cannot lock out local monitors.
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// How long a client may take to send a request's header, and then its body (SPEC §6 fixes
+    /// 10s; hidden, so tests can observe a cut-off without waiting that long).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, hide = true)]
+    pub header_read_timeout: Duration,
 }
 
 /// Options of `check`.
@@ -123,6 +131,9 @@ mod tests {
                 assert_eq!(args.config, PathBuf::from("x.yml"));
                 assert!(args.dry_run);
                 assert_eq!(args.shutdown_timeout, Duration::from_secs(30));
+                // SPEC §6: a client has 10 s to send its header.
+                assert_eq!(args.header_read_timeout, Duration::from_secs(10));
+                assert_eq!(args.max_connections, 1024);
             }
             other => panic!("expected run, got {other:?}"),
         }

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use autohealer::{app, check, cli, logging};
+use autohealer::{app, check, cli, logging, systemd};
 use clap::Parser;
 
 /// Exit code for a missing or invalid config at startup (sysexits' EX_CONFIG).
@@ -12,6 +12,8 @@ fn main() -> ExitCode {
     // clap exits with 2 on a usage error.
     match cli::Cli::parse().into_command() {
         cli::Command::Run(args) => {
+            // SAFETY: no thread exists yet (the log drain starts its own just below).
+            let host = unsafe { systemd::HostEnv::take() };
             let (log, guard) =
                 match logging::init(args.log_format, args.log_level, args.audit_log.as_deref()) {
                     Ok(logging) => logging,
@@ -20,14 +22,16 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 };
-            let result = app::run(args, log);
+            let result = app::run(args, log, host);
             drop(guard); // flush every record before the last words
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("autohealer: cannot run: {err}");
                     match err {
-                        app::AppError::Config(_) => ExitCode::from(EXIT_CONFIG),
+                        app::AppError::Config(_) | app::AppError::Token(_) => {
+                            ExitCode::from(EXIT_CONFIG)
+                        }
                         app::AppError::Other(_) => ExitCode::FAILURE,
                     }
                 }

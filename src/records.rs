@@ -120,9 +120,44 @@ pub fn watcher_failed(log: &Logger, error: &str) {
     warn!(log, "config watcher failed"; "error" => error);
 }
 
-/// INFO `listening`: the socket is bound; tests read the address from it.
-pub fn listening(log: &Logger, addr: SocketAddr, config: &Path) {
-    info!(log, "listening"; "config" => %config.display(), "addr" => %addr);
+/// INFO `listening`: the socket is bound; tests read the address from it. `socket` says whether
+/// the daemon bound `--listen` itself or serves the one systemd passed (socket activation).
+pub fn listening(log: &Logger, addr: SocketAddr, config: &Path, activated: bool) {
+    let socket = if activated { "systemd" } else { "bound" };
+    info!(log, "listening"; "socket" => socket, "config" => %config.display(), "addr" => %addr);
+}
+
+/// WARN `listening without a token`: anyone who can reach the address can trigger workflows.
+pub fn listening_without_token(log: &Logger, addr: SocketAddr) {
+    warn!(log, "listening without a token";
+        "hint" => "pass --token-file, or listen on a loopback address",
+        "addr" => %addr,
+    );
+}
+
+/// INFO `token file loaded`: a reload found a new bearer token and put it in force.
+pub fn token_loaded(log: &Logger, path: &Path) {
+    info!(log, "token file loaded"; "path" => %path.display());
+}
+
+/// ERRO `token file rejected`: a reload could not read the token; the old one stays in force.
+pub fn token_rejected(log: &Logger, error: &str) {
+    error!(log, "token file rejected"; "error" => error);
+}
+
+/// WARN `connection limit reached`: new connections now displace idle ones, or wait.
+pub fn connection_limit_reached(log: &Logger, max_connections: usize) {
+    warn!(log, "connection limit reached"; "max_connections" => max_connections);
+}
+
+/// WARN `systemd notify socket unusable`: READY=1 and watchdog pings cannot be sent.
+pub fn notify_unavailable(log: &Logger, error: &str) {
+    warn!(log, "systemd notify socket unusable"; "error" => error);
+}
+
+/// WARN `watchdog ping withheld`: the runtime looked stalled, so systemd is not told all is well.
+pub fn watchdog_withheld(log: &Logger, reason: &str) {
+    warn!(log, "watchdog ping withheld"; "reason" => reason);
 }
 
 /// INFO `shutting down`: a stop signal arrived.

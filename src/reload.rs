@@ -4,6 +4,8 @@
 //! Every trigger — a file-system event, SIGHUP, `POST /-/reload` — is one `ReloadMessage` on one
 //! channel, handled in order on the `autohealer-reload` thread. File events are debounced: the
 //! first one opens a short window, and everything arriving within it becomes a single reload.
+//! Each reload pass also re-reads the bearer token file and is bracketed by systemd's
+//! `RELOADING=1` … `READY=1`, so every trigger gets both without a hook of its own.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -21,8 +23,10 @@ use sha2::{Digest, Sha256};
 use slog::Logger;
 use tokio::sync::oneshot;
 
+use crate::auth::TokenFile;
 use crate::config::{self, Action, ConfigError, ConfigErrors, ReflexMap};
 use crate::records::{self, Trigger};
+use crate::systemd::{self, Notifier};
 
 /// How long file events are coalesced before one reload; editors write in several steps.
 pub const DEBOUNCE_DELAY: Duration = Duration::from_millis(10);
@@ -206,6 +210,10 @@ pub struct Reloader {
     rejected_digest: Option<[u8; 32]>,
     /// Whether the missing file was already reported.
     missing_reported: bool,
+    /// Told about every reload pass (`RELOADING=1`, then `READY=1` with the map in force).
+    notifier: Notifier,
+    /// The bearer token, re-read on every pass (`--token-file`).
+    token: Option<Arc<TokenFile>>,
 }
 
 impl Reloader {
@@ -219,11 +227,41 @@ impl Reloader {
             watched_names,
             rejected_digest: None,
             missing_reported: false,
+            notifier: Notifier::default(),
+            token: None,
         }
     }
 
-    /// Read → digest (unchanged: stop) → compile → store → record.
+    /// Reports every reload pass to systemd.
+    pub fn with_notifier(mut self, notifier: Notifier) -> Reloader {
+        self.notifier = notifier;
+        self
+    }
+
+    /// Re-reads the bearer token file on every reload pass.
+    pub fn with_token(mut self, token: Option<Arc<TokenFile>>) -> Reloader {
+        self.token = token;
+        self
+    }
+
+    /// One reload pass, whatever triggered it: the map, then the token, told to systemd.
     pub fn reload(&mut self, trigger: Trigger) -> ReloadOutcome {
+        self.notifier.reloading();
+        let outcome = self.reload_map(trigger);
+        if let Some(token) = &self.token {
+            token.reload(&self.log);
+        }
+        let rejected = match &outcome {
+            ReloadOutcome::Rejected { error, .. } => Some(error.as_str()),
+            _ => None,
+        };
+        self.notifier
+            .ready(&systemd::map_status(&self.handle.load(), rejected));
+        outcome
+    }
+
+    /// Read → digest (unchanged: stop) → compile → store → record.
+    fn reload_map(&mut self, trigger: Trigger) -> ReloadOutcome {
         // A symlink may have been re-pointed; follow its new target from now on.
         let names = watched_names(&self.path);
         if let Ok(mut shared) = self.watched_names.lock() {

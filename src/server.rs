@@ -1,4 +1,5 @@
-//! The HTTP API (SPEC §2): hyper accept loop with graceful drain, request limits, routes, and
+//! The HTTP API (SPEC §2): hyper accept loop with graceful drain, request limits (header and body
+//! read timeouts, the connection cap of `connections`), bearer-token checks, routes, and
 //! `ApiError`, which turns every failure into a status and a `{"error": ...}` body.
 
 use std::convert::Infallible;
@@ -10,7 +11,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{
+    HeaderName, HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -23,13 +26,12 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::actions::Source;
+use crate::auth::TokenFile;
+use crate::connections::ConnectionSlots;
 use crate::dispatch::{Anomaly, DispatchOutcome, Dispatcher};
 use crate::history::HISTORY_CAPACITY;
 use crate::records::{self, Trigger};
 use crate::reload::{MapHandle, ReloadMessage, ReloadOutcome};
-
-/// A client that has not sent its whole request header by then is disconnected (SPEC §6).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every request handler shares.
 pub struct ServerState {
@@ -37,17 +39,25 @@ pub struct ServerState {
     pub map: MapHandle,
     pub reload: mpsc::Sender<ReloadMessage>,
     pub max_body: usize,
+    /// A client that has not sent its whole header by then is disconnected, and one that has
+    /// not sent its whole body gets 408 (SPEC §6: 10 s).
+    pub read_timeout: Duration,
+    /// Connections served at once (`--max-connections`).
+    pub max_connections: usize,
+    /// The bearer token every endpoint but `/healthz` requires, when `--token-file` is given.
+    pub token: Option<Arc<TokenFile>>,
     pub log: Logger,
 }
 
 type HttpResponse = Response<Full<Bytes>>;
 
-/// A failed request: its status, the message for the client, and for 405 the allowed methods.
+/// A failed request: its status, the message for the client, and a header some statuses need
+/// (`Allow` for 405, `WWW-Authenticate` for 401).
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     message: String,
-    allow: Option<&'static str>,
+    header: Option<(HeaderName, &'static str)>,
 }
 
 impl ApiError {
@@ -55,16 +65,16 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
-            allow: None,
+            header: None,
         }
     }
 
     fn into_response(self) -> HttpResponse {
         let mut response = json_response(self.status, &json!({ "error": self.message }));
-        if let Some(allow) = self.allow {
+        if let Some((name, value)) = self.header {
             response
                 .headers_mut()
-                .insert(ALLOW, HeaderValue::from_static(allow));
+                .insert(name, HeaderValue::from_static(value));
         }
         response
     }
@@ -79,34 +89,69 @@ pub async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
+    // hyper starts this clock whenever it waits for a request head: on a fresh connection and
+    // on an idle keep-alive one alike, so a silent or trickling client is cut off either way.
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(state.read_timeout);
+    let slots = ConnectionSlots::new(state.max_connections);
+    let mut limit_reported = false;
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => stream,
                 Err(err) => {
-                    // Usually EMFILE: back off briefly instead of spinning.
+                    // Usually EMFILE: free a descriptor an idle client holds, and back off
+                    // briefly instead of spinning.
                     records::accept_failed(&state.log, &err);
+                    slots.evict_idlest();
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             () = &mut shutdown => break,
         };
+        let slot = match slots.try_admit() {
+            Some(slot) => {
+                limit_reported = false;
+                slot
+            }
+            None => {
+                // Reported once per episode: a flood must not flood the log too.
+                if !limit_reported {
+                    records::connection_limit_reached(&state.log, slots.max());
+                    limit_reported = true;
+                }
+                tokio::select! {
+                    slot = slots.admit() => slot,
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let service = service_fn(move |request| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(&state, request).await) }
-        });
+        let slot = Arc::new(slot);
+        let service = {
+            let (state, slot) = (state.clone(), slot.clone());
+            service_fn(move |request| {
+                let state = state.clone();
+                let busy = slot.busy();
+                async move {
+                    let response = handle(&state, request).await;
+                    drop(busy);
+                    Ok::<_, Infallible>(response)
+                }
+            })
+        };
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            // A client that vanishes mid-request is not the daemon's error.
-            let _ = connection.await;
+            tokio::select! {
+                // A client that vanishes mid-request is not the daemon's error.
+                _ = connection => {}
+                // Dropping an idle connection closes it; its slot is freed with `slot`.
+                () = slot.evicted() => {}
+            }
         });
     }
     // Stop accepting, then let each connection finish its request in flight.
@@ -129,7 +174,12 @@ pub async fn handle(state: &ServerState, request: Request<Incoming>) -> HttpResp
 
 async fn route(state: &ServerState, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let method = request.method().clone();
-    match request.uri().path() {
+    let path = request.uri().path();
+    // Health checks stay open so load balancers and systemd probes need no secret (SPEC §2).
+    if !matches!(path, "/healthz" | "/health") {
+        authorize(state, &request)?;
+    }
+    match path {
         "/anomaly" => {
             allow(&method, Method::POST, "POST")?;
             post_anomaly(state, request).await
@@ -157,6 +207,26 @@ async fn route(state: &ServerState, request: Request<Incoming>) -> Result<HttpRe
     }
 }
 
+/// 401 unless the request carries the bearer token in force (when `--token-file` is set).
+fn authorize(state: &ServerState, request: &Request<Incoming>) -> Result<(), ApiError> {
+    let Some(token) = &state.token else {
+        return Ok(());
+    };
+    let header = request.headers().get(AUTHORIZATION);
+    if token.authorizes(header) {
+        return Ok(());
+    }
+    let message = match header {
+        None => "this endpoint needs an `Authorization: Bearer <token>` header",
+        Some(_) => "the bearer token is not valid",
+    };
+    Err(ApiError {
+        status: StatusCode::UNAUTHORIZED,
+        message: message.to_string(),
+        header: Some((WWW_AUTHENTICATE, "Bearer")),
+    })
+}
+
 fn allow(method: &Method, expected: Method, allow: &'static str) -> Result<(), ApiError> {
     if *method == expected {
         return Ok(());
@@ -164,7 +234,7 @@ fn allow(method: &Method, expected: Method, allow: &'static str) -> Result<(), A
     Err(ApiError {
         status: StatusCode::METHOD_NOT_ALLOWED,
         message: format!("method {method} is not allowed here; use {allow}"),
-        allow: Some(allow),
+        header: Some((ALLOW, allow)),
     })
 }
 
@@ -220,10 +290,19 @@ async fn read_json_body(
     if declared.is_some_and(|len| len > state.max_body as u64) {
         return Err(too_large());
     }
-    match Limited::new(request.into_body(), state.max_body)
-        .collect()
-        .await
-    {
+    // A body that trickles in would hold its connection busy, and busy connections are never
+    // evicted: bound it like the header.
+    let collect = Limited::new(request.into_body(), state.max_body).collect();
+    let Ok(collected) = tokio::time::timeout(state.read_timeout, collect).await else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the body was not received within {}",
+                humantime::format_duration(state.read_timeout)
+            ),
+        ));
+    };
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<LengthLimitError>() => Err(too_large()),
         Err(err) => Err(ApiError::new(

@@ -7,3 +7,5 @@ mod cli;
 mod http_api;
 mod log_records;
 mod reload;
+mod security;
+mod systemd;

@@ -159,18 +159,33 @@ pub struct Daemon {
     lines: Arc<Mutex<Vec<String>>>,
 }
 
-/// Spawns the daemon with JSON logs and a thread collecting its stderr lines.
-fn spawn(config: &Path, args: &[&str]) -> (Child, Arc<Mutex<Vec<String>>>) {
-    let mut child = Command::new(binary())
+/// The daemon's command line: `config`, JSON logs, then `args`; stderr piped for `launch`.
+pub fn daemon_command(config: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(binary());
+    add_daemon_args(&mut command, config, args);
+    command
+}
+
+/// Appends the daemon's arguments to `command` (which may run the binary through a wrapper).
+pub fn add_daemon_args(command: &mut Command, config: &Path, args: &[&str]) {
+    command
         .arg("--config")
         .arg(config)
         .args(["--log-format", "json"])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn autohealer");
+        .stderr(Stdio::piped());
+}
+
+/// Spawns the daemon with JSON logs and a thread collecting its stderr lines.
+fn spawn(config: &Path, args: &[&str]) -> (Child, Arc<Mutex<Vec<String>>>) {
+    spawn_command(daemon_command(config, args))
+}
+
+/// Spawns `command` (stderr piped) and a thread collecting its stderr lines.
+fn spawn_command(mut command: Command) -> (Child, Arc<Mutex<Vec<String>>>) {
+    let mut child = command.spawn().expect("spawn autohealer");
     let stderr = child.stderr.take().expect("stderr is piped");
     let lines = Arc::new(Mutex::new(Vec::new()));
     {
@@ -197,22 +212,33 @@ pub struct StartFailure {
     pub stderr: String,
 }
 
+impl StartFailure {
+    fn panic(self) -> Daemon {
+        panic!("daemon did not start: {:?}\n{}", self.status, self.stderr)
+    }
+}
+
 impl Daemon {
     /// Starts the daemon on `config` with JSON logs on a free loopback port, plus `extra` args.
     pub fn start(config: &Path, extra: &[&str]) -> Daemon {
-        Daemon::try_start(config, extra).unwrap_or_else(|failure| {
-            panic!(
-                "daemon did not start: {:?}\n{}",
-                failure.status, failure.stderr
-            )
-        })
+        Daemon::try_start(config, extra).unwrap_or_else(StartFailure::panic)
     }
 
     /// Like `start`, but returns how the daemon exited if it never became ready.
     pub fn try_start(config: &Path, extra: &[&str]) -> Result<Daemon, StartFailure> {
         let mut args = vec!["--listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);
-        let (mut child, lines) = spawn(config, &args);
+        Daemon::try_launch(daemon_command(config, &args))
+    }
+
+    /// Spawns `command` (see `daemon_command`) and waits for its `listening` record.
+    pub fn launch(command: Command) -> Daemon {
+        Daemon::try_launch(command).unwrap_or_else(StartFailure::panic)
+    }
+
+    /// Like `launch`, but returns how the daemon exited if it never became ready.
+    pub fn try_launch(command: Command) -> Result<Daemon, StartFailure> {
+        let (mut child, lines) = spawn_command(command);
         let start = Instant::now();
         loop {
             let listening = lines.lock().unwrap().iter().find_map(|line| {
@@ -326,6 +352,11 @@ impl Daemon {
         self.get("/reflexes").json()["generation"]
             .as_u64()
             .expect("generation")
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends a Unix signal to the daemon.
