@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
+use crate::alertmanager::{AlertReceiver, ALERT_MEMORY_ENTRIES};
 use crate::cli::RunArgs;
 use crate::dispatch::Dispatcher;
 use crate::records::{self, Trigger};
@@ -95,6 +96,7 @@ async fn serve(args: RunArgs, log: Logger, initial: reload::LoadedMap) -> Result
         reload: reload_tx.clone(),
         max_body: args.max_body,
         log: log.clone(),
+        alerts: AlertReceiver::new(ALERT_MEMORY_ENTRIES),
     });
     records::listening(&log, addr, &args.config);
 

@@ -64,6 +64,23 @@ pub enum DispatchOutcome {
     Unmatched,
 }
 
+impl DispatchOutcome {
+    /// The result object for `anomaly` (SPEC §2), the same from `/anomaly` and `/alertmanager`.
+    pub fn to_json(&self, anomaly: &str) -> serde_json::Value {
+        match self {
+            DispatchOutcome::Dispatched {
+                workflow,
+                action_id,
+            } => serde_json::json!({
+                "status": "dispatched", "anomaly": anomaly, "workflow": workflow, "action_id": action_id,
+            }),
+            DispatchOutcome::Unmatched => {
+                serde_json::json!({"status": "unmatched", "anomaly": anomaly})
+            }
+        }
+    }
+}
+
 /// Matches anomalies against the map in force and starts their actions.
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -90,7 +107,7 @@ impl Dispatcher {
         // One load per anomaly: match, workflow and version all come from the same snapshot.
         let snapshot = self.map.load();
         let Some((reflex, workflow)) = snapshot.map.lookup(&anomaly.name) else {
-            records::unmatched(&self.log, &anomaly.name);
+            records::unmatched(&self.log, &anomaly.name, source);
             return DispatchOutcome::Unmatched;
         };
         let run = ActionRun {

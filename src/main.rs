@@ -2,10 +2,12 @@
 //!
 //! Layout: `cli` parses the command line; `app` runs the daemon (startup, signals, shutdown);
 //! `config` parses and compiles `reflex_map.yml`, with `matcher` for names and patterns; `reload`
-//! owns the live map and its watcher; `server` is the HTTP API; `dispatch` turns an anomaly into
-//! an action from `actions`; `records` writes the log records; `logging` builds the slog drain.
+//! owns the live map and its watcher; `server` is the HTTP API, with `alertmanager` for
+//! Alertmanager's webhook; `dispatch` turns an anomaly into an action from `actions`; `records`
+//! writes the log records and bumps `metrics`; `logging` builds the slog drain.
 
 mod actions;
+mod alertmanager;
 mod app;
 mod check;
 mod cli;
@@ -13,6 +15,7 @@ mod config;
 mod dispatch;
 mod logging;
 mod matcher;
+mod metrics;
 mod records;
 mod reload;
 mod server;
