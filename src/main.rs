@@ -4,7 +4,8 @@
 //! `config` parses and compiles `reflex_map.yml`, with `matcher` for names and patterns; `reload`
 //! owns the live map and its watcher; `server` is the HTTP API, with `alertmanager` for
 //! Alertmanager's webhook; `dispatch` turns an anomaly into an action from `actions`; `records`
-//! writes the log records and bumps `metrics`; `logging` builds the slog drain.
+//! writes the log records and bumps `metrics`; `logging` builds the slog drain; `send` is the
+//! client that posts an anomaly to a running daemon.
 
 mod actions;
 mod alertmanager;
@@ -18,6 +19,7 @@ mod matcher;
 mod metrics;
 mod records;
 mod reload;
+mod send;
 mod server;
 
 use std::process::ExitCode;
@@ -52,5 +54,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        cli::Command::Send(args) => match send::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("autohealer: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

@@ -6,3 +6,4 @@ mod cli;
 mod http_api;
 mod log_records;
 mod reload;
+mod send;

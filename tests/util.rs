@@ -357,3 +357,83 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// A one-request HTTP server that records what it was sent and answers with a fixed response;
+/// it stands in for the daemon where the test must see the raw request.
+pub struct OneShotServer {
+    pub addr: SocketAddr,
+    request: Arc<Mutex<Option<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OneShotServer {
+    /// Listens on a free loopback port and answers the first request with `status` and `body`.
+    pub fn start(status: &str, body: &str) -> OneShotServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+        let addr = listener.local_addr().expect("local addr");
+        let request = Arc::new(Mutex::new(None));
+        let response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let thread = {
+            let request = request.clone();
+            std::thread::spawn(move || {
+                let Ok((mut stream, _)) = listener.accept() else {
+                    return;
+                };
+                let _ = stream.set_read_timeout(Some(DEADLINE));
+                let text = read_request(&mut stream);
+                let _ = stream.write_all(response.as_bytes());
+                *request.lock().unwrap() = Some(text);
+            })
+        };
+        OneShotServer {
+            addr,
+            request,
+            thread: Some(thread),
+        }
+    }
+
+    /// The request received, once it has been answered.
+    pub fn request(&self) -> String {
+        wait_until("the one-shot server to be sent a request", || {
+            self.request.lock().unwrap().is_some()
+        });
+        self.request.lock().unwrap().clone().unwrap()
+    }
+}
+
+/// Reads one request: the head, then as many body bytes as `Content-Length` says.
+fn read_request(stream: &mut TcpStream) -> String {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .filter_map(|line| line.split_once(':'))
+                .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, value)| value.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if body.len() >= length {
+                return text;
+            }
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return text,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+impl Drop for OneShotServer {
+    fn drop(&mut self) {
+        // Unblock the accept if nobody ever connected, so the thread ends with the test.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
