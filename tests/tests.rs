@@ -2,8 +2,10 @@
 
 mod util;
 
+mod alertmanager;
 mod cli;
 mod http_api;
 mod log_records;
+mod metrics;
 mod reload;
 mod send;
