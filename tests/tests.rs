@@ -3,6 +3,7 @@
 mod util;
 
 mod alertmanager;
+mod alertmanager_real;
 mod cli;
 mod http_api;
 mod log_records;
