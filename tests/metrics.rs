@@ -49,34 +49,33 @@ impl Scrape {
         }
     }
 
-    /// The value of the counter or gauge `metric` whose labels include `labels`.
-    fn value(&self, metric: &str, labels: &[(&str, &str)]) -> f64 {
-        let sample = self
-            .samples
+    /// The parsed value of the series `metric` whose labels include `labels`.
+    fn find(&self, metric: &str, labels: &[(&str, &str)]) -> &prometheus_parse::Value {
+        self.samples
             .iter()
             .find(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .unwrap_or_else(|| panic!("no {metric} {labels:?} in\n{}", self.text));
-        match sample.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
-            ref other => panic!("{metric} is not a counter or gauge: {other:?}"),
+            .map(|s| &s.value)
+            .unwrap_or_else(|| panic!("no {metric} {labels:?} in\n{}", self.text))
+    }
+
+    /// The value of the counter or gauge `metric` whose labels include `labels`.
+    fn value(&self, metric: &str, labels: &[(&str, &str)]) -> f64 {
+        match self.find(metric, labels) {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => *v,
+            other => panic!("{metric} is not a counter or gauge: {other:?}"),
         }
     }
 
     /// The `+Inf` bucket (the observation count) of histogram `metric` with `labels`.
     fn histogram_count(&self, metric: &str, labels: &[(&str, &str)]) -> f64 {
-        self.samples
-            .iter()
-            .filter(|s| {
-                s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
-            })
-            .find_map(|s| match &s.value {
-                prometheus_parse::Value::Histogram(buckets) => buckets
-                    .iter()
-                    .find(|b| b.less_than.is_infinite())
-                    .map(|b| b.count),
-                _ => None,
-            })
-            .unwrap_or_else(|| panic!("no histogram {metric} {labels:?} in\n{}", self.text))
+        match self.find(metric, labels) {
+            prometheus_parse::Value::Histogram(buckets) => buckets
+                .iter()
+                .find(|b| b.less_than.is_infinite())
+                .map(|b| b.count)
+                .unwrap_or_else(|| panic!("{metric} has no +Inf bucket")),
+            other => panic!("{metric} is not a histogram: {other:?}"),
+        }
     }
 }
 
