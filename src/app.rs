@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::alertmanager::{AlertReceiver, ALERT_MEMORY_ENTRIES};
 use crate::auth::{TokenError, TokenFile};
 use crate::cli::RunArgs;
 use crate::dispatch::Dispatcher;
@@ -161,6 +162,7 @@ async fn serve(
         max_connections: args.max_connections as usize,
         token: token.clone(),
         log: log.clone(),
+        alerts: AlertReceiver::new(ALERT_MEMORY_ENTRIES),
     });
     records::listening(&log, addr, &args.config, activated);
     if token.is_none() && !addr.ip().is_loopback() {

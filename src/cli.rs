@@ -36,6 +36,9 @@ pub enum Command {
     Run(RunArgs),
     /// Validate a reflex map and print a summary; exit 0 when valid, 1 when not.
     Check(CheckArgs),
+    /// Post an anomaly to a running daemon (for shell monitors and cron); exit 0 when the daemon
+    /// accepted it, 1 when it rejected it or could not be reached.
+    Send(SendArgs),
 }
 
 /// Options of the daemon.
@@ -96,6 +99,23 @@ pub struct CheckArgs {
     pub file: PathBuf,
 }
 
+/// Options of `send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The anomaly's name, e.g. nginx.web1.down.
+    pub name: String,
+    /// Details of the anomaly. A VALUE that parses as JSON is sent as that JSON (5000, true,
+    /// null, {"a":1}, "quoted"); any other VALUE is sent as a string.
+    #[arg(value_name = "KEY=VALUE", value_parser = crate::send::parse_detail)]
+    pub details: Vec<(String, serde_json::Value)>,
+    /// The daemon's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8000", value_parser = parse_url)]
+    pub url: reqwest::Url,
+    /// Send `Authorization: Bearer <token>`, with the token read from FILE (whitespace trimmed).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
 /// How log records are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -105,6 +125,15 @@ pub enum LogFormat {
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|err| format!("{err} (write e.g. 500ms, 30s, 5m)"))
+}
+
+fn parse_url(text: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(text)
+        .map_err(|err| format!("{err} (write e.g. http://127.0.0.1:8000)"))?;
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        other => Err(format!("the scheme must be http or https, not {other}")),
+    }
 }
 
 fn parse_level(text: &str) -> Result<slog::Level, String> {
@@ -145,6 +174,47 @@ mod tests {
         match cli.into_command() {
             Command::Check(args) => assert_eq!(args.file, PathBuf::from("reflex_map.yml")),
             other => panic!("expected check, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn send_takes_a_name_and_details() {
+        let cli = Cli::try_parse_from([
+            "autohealer",
+            "send",
+            "disk.root.full",
+            "used=0.93",
+            "mount=/",
+            "--url",
+            "http://10.0.0.1:9000",
+        ])
+        .unwrap();
+        match cli.into_command() {
+            Command::Send(args) => {
+                assert_eq!(args.name, "disk.root.full");
+                assert_eq!(
+                    args.details,
+                    [
+                        ("used".to_string(), serde_json::json!(0.93)),
+                        ("mount".to_string(), serde_json::json!("/")),
+                    ]
+                );
+                assert_eq!(args.url.as_str(), "http://10.0.0.1:9000/");
+                assert_eq!(args.token_file, None);
+            }
+            other => panic!("expected send, got {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["autohealer", "send", "a"]).unwrap();
+        match cli.into_command() {
+            Command::Send(args) => assert_eq!(args.url.as_str(), "http://127.0.0.1:8000/"),
+            other => panic!("expected send, got {other:?}"),
+        }
+        for bad in [
+            &["autohealer", "send"][..],
+            &["autohealer", "send", "a", "novalue"],
+            &["autohealer", "send", "a", "--url", "ftp://x"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -76,6 +76,26 @@ pub enum DispatchOutcome {
     Unmatched,
 }
 
+impl DispatchOutcome {
+    /// The result object for `anomaly` (SPEC §2), the same from `/anomaly` and `/alertmanager`.
+    pub fn to_json(&self, anomaly: &str) -> serde_json::Value {
+        match self {
+            DispatchOutcome::Dispatched {
+                workflow,
+                action_id,
+            } => serde_json::json!({
+                "status": "dispatched", "anomaly": anomaly, "workflow": workflow, "action_id": action_id,
+            }),
+            DispatchOutcome::Suppressed { workflow, reason } => serde_json::json!({
+                "status": "suppressed", "anomaly": anomaly, "workflow": workflow, "reason": reason.as_str(),
+            }),
+            DispatchOutcome::Unmatched => {
+                serde_json::json!({"status": "unmatched", "anomaly": anomaly})
+            }
+        }
+    }
+}
+
 /// Matches anomalies against the map in force, applies the rails and starts the actions.
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -121,7 +141,7 @@ impl Dispatcher {
         // One load per anomaly: match, workflow and version all come from the same snapshot.
         let snapshot = self.map.load();
         let Some((reflex, workflow)) = snapshot.map.lookup(&anomaly.name) else {
-            records::unmatched(&self.log, &anomaly.name);
+            records::unmatched(&self.log, &anomaly.name, source);
             return DispatchOutcome::Unmatched;
         };
         let permit = match self
@@ -130,7 +150,13 @@ impl Dispatcher {
         {
             Ok(permit) => permit,
             Err(reason) => {
-                records::action_suppressed(&self.log, &anomaly.name, &workflow.name, reason);
+                records::action_suppressed(
+                    &self.log,
+                    &anomaly.name,
+                    &workflow.name,
+                    reason,
+                    source,
+                );
                 return DispatchOutcome::Suppressed {
                     workflow: workflow.name.clone(),
                     reason,

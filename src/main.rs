@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use autohealer::{app, check, cli, logging, systemd};
+use autohealer::{app, check, cli, logging, send, systemd};
 use clap::Parser;
 
 /// Exit code for a missing or invalid config at startup (sysexits' EX_CONFIG).
@@ -44,5 +44,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        cli::Command::Send(args) => match send::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("autohealer: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

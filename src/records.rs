@@ -1,14 +1,17 @@
 //! One function per log record the contract names (SPEC §5), so their messages and keys live in
-//! one place and tests can rely on them. Healing-action records carry the `audit` tag, which is
-//! how `--audit-log` picks them out.
+//! one place and tests can rely on them. Each also bumps its record's metric (SPEC §6), so the
+//! log and `GET /metrics` always tell the same story. Healing-action records carry the `audit`
+//! tag, which is how `--audit-log` picks them out.
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::SystemTime;
 
-use slog::{crit, error, info, warn, Logger};
+use slog::{crit, debug, error, info, warn, Logger};
 
-use crate::actions::{ActionReport, ActionRun};
+use crate::actions::{ActionReport, ActionRun, Source};
 use crate::logging::AUDIT_TAG;
+use crate::metrics::{self, Received};
 use crate::rails::{CircuitOpened, SuppressReason};
 
 /// Why a reload happened, as the `trigger` key of `reflex map loaded`.
@@ -45,6 +48,9 @@ pub fn action_triggered(log: &Logger, run: &ActionRun) {
         "anomaly" => &run.anomaly,
         "action_id" => &run.action_id,
     );
+    let metrics = metrics::global();
+    metrics.anomaly_received(run.source, Received::Dispatched);
+    metrics.action_started();
 }
 
 /// CRIT `healing action finished`: how the action ended, with its kind-specific keys.
@@ -57,15 +63,28 @@ pub fn action_finished(log: &Logger, run: &ActionRun, report: &ActionReport) {
         "anomaly" => &run.anomaly,
         "action_id" => &run.action_id,
     );
+    metrics::global().action_finished(
+        &run.workflow.name,
+        run.workflow.action.kind(),
+        report.outcome.as_str(),
+        report.duration,
+    );
 }
 
 /// WARN `healing action suppressed`: a safety rail held a matched anomaly back.
-pub fn action_suppressed(log: &Logger, anomaly: &str, workflow: &str, reason: SuppressReason) {
+pub fn action_suppressed(
+    log: &Logger,
+    anomaly: &str,
+    workflow: &str,
+    reason: SuppressReason,
+    source: Source,
+) {
     warn!(log, #AUDIT_TAG, "healing action suppressed";
         "reason" => reason.as_str(),
         "workflow" => workflow,
         "anomaly" => anomaly,
     );
+    metrics::global().anomaly_received(source, Received::Suppressed);
 }
 
 /// CRIT `circuit opened`: a workflow failed too often and is suspended until `until`.
@@ -80,8 +99,42 @@ pub fn circuit_opened(log: &Logger, workflow: &str, opened: &CircuitOpened) {
 }
 
 /// WARN `unmatched anomaly`: no reflex matched the name.
-pub fn unmatched(log: &Logger, anomaly: &str) {
-    warn!(log, "unmatched anomaly"; "anomaly" => anomaly);
+pub fn unmatched(log: &Logger, anomaly: &str, source: Source) {
+    warn!(log, "unmatched anomaly"; "source" => source.as_str(), "anomaly" => anomaly);
+    metrics::global().anomaly_received(source, Received::Unmatched);
+}
+
+/// INFO `alert resolved`: Alertmanager reports an alert as resolved; nothing runs.
+pub fn alert_resolved(log: &Logger, anomaly: &str, fingerprint: &str, starts_at: &str) {
+    info!(log, "alert resolved";
+        "starts_at" => starts_at,
+        "fingerprint" => fingerprint,
+        "source" => Source::Alertmanager.as_str(),
+        "anomaly" => anomaly,
+    );
+    metrics::global().anomaly_received(Source::Alertmanager, Received::Resolved);
+}
+
+/// DEBUG `duplicate alert`: Alertmanager re-sent an alert already acted on; nothing runs again.
+/// Debug, because every group notification re-sends every alert still firing in the group.
+pub fn alert_duplicate(log: &Logger, anomaly: &str, fingerprint: &str, starts_at: &str) {
+    debug!(log, "duplicate alert";
+        "starts_at" => starts_at,
+        "fingerprint" => fingerprint,
+        "source" => Source::Alertmanager.as_str(),
+        "anomaly" => anomaly,
+    );
+    metrics::global().anomaly_received(Source::Alertmanager, Received::Duplicate);
+}
+
+/// WARN `invalid alert`: an alert in a valid payload could not become an anomaly.
+pub fn alert_invalid(log: &Logger, fingerprint: &str, error: &str) {
+    warn!(log, "invalid alert";
+        "error" => error,
+        "fingerprint" => fingerprint,
+        "source" => Source::Alertmanager.as_str(),
+    );
+    metrics::global().anomaly_received(Source::Alertmanager, Received::Invalid);
 }
 
 /// INFO `reflex map loaded`: a new generation of the map is in force.
@@ -100,11 +153,20 @@ pub fn map_loaded(
         "generation" => generation,
         "version" => version,
     );
+    metrics::global().map_loaded(reflexes, SystemTime::now());
+}
+
+/// DEBUG `reflex map unchanged`: a reload found the content in force; after a rejected edit is
+/// undone this is what marks the config healthy again.
+pub fn map_unchanged(log: &Logger, version: &str, trigger: Trigger) {
+    debug!(log, "reflex map unchanged"; "trigger" => trigger.as_str(), "version" => version);
+    metrics::global().map_unchanged();
 }
 
 /// ERRO `reflex map rejected`: an edit was invalid and the old map stays in force.
 pub fn map_rejected(log: &Logger, error: &str, kept_version: &str) {
     error!(log, "reflex map rejected"; "kept_version" => kept_version, "error" => error);
+    metrics::global().map_rejected();
 }
 
 /// WARN `reflex map missing`: the file is gone; the old map stays in force until it returns.
@@ -113,6 +175,7 @@ pub fn map_missing(log: &Logger, path: &Path, kept_version: &str) {
         "kept_version" => kept_version,
         "path" => %path.display(),
     );
+    metrics::global().map_rejected();
 }
 
 /// WARN `config watcher failed`: file-system events may be missed until it is re-created.

@@ -275,6 +275,7 @@ impl Reloader {
         self.missing_reported = false;
         if file.digest == current.digest {
             self.rejected_digest = None;
+            records::map_unchanged(&self.log, &current.version, trigger);
             return ReloadOutcome::Unchanged {
                 version: current.version.clone(),
                 generation: current.generation,

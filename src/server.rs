@@ -1,6 +1,8 @@
 //! The HTTP API (SPEC §2): hyper accept loop with graceful drain, request limits (header and body
 //! read timeouts, the connection cap of `connections`), bearer-token checks, routes, and
-//! `ApiError`, which turns every failure into a status and a `{"error": ...}` body.
+//! `ApiError`, which turns every failure into a status and a `{"error": ...}` body. Alertmanager's
+//! payload is read in `alertmanager` and the metrics are kept in `metrics`; this module does
+//! their HTTP.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -26,10 +28,12 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::actions::Source;
+use crate::alertmanager::AlertReceiver;
 use crate::auth::TokenFile;
 use crate::connections::ConnectionSlots;
 use crate::dispatch::{Anomaly, DispatchOutcome, Dispatcher};
 use crate::history::HISTORY_CAPACITY;
+use crate::metrics;
 use crate::records::{self, Trigger};
 use crate::reload::{MapHandle, ReloadMessage, ReloadOutcome};
 
@@ -47,6 +51,8 @@ pub struct ServerState {
     /// The bearer token every endpoint but `/healthz` requires, when `--token-file` is given.
     pub token: Option<Arc<TokenFile>>,
     pub log: Logger,
+    /// Alertmanager's alerts already acted on: server state, so it outlives every map reload.
+    pub alerts: AlertReceiver,
 }
 
 type HttpResponse = Response<Full<Bytes>>;
@@ -184,6 +190,14 @@ async fn route(state: &ServerState, request: Request<Incoming>) -> Result<HttpRe
             allow(&method, Method::POST, "POST")?;
             post_anomaly(state, request).await
         }
+        "/alertmanager" => {
+            allow(&method, Method::POST, "POST")?;
+            post_alertmanager(state, request).await
+        }
+        "/metrics" => {
+            allow(&method, Method::GET, "GET")?;
+            get_metrics()
+        }
         "/healthz" | "/health" => {
             allow(&method, Method::GET, "GET")?;
             Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
@@ -246,23 +260,45 @@ async fn post_anomaly(
     let anomaly = Anomaly::from_json(&body)
         .map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, message))?;
     let name = anomaly.name.clone();
-    Ok(match state.dispatcher.dispatch(anomaly, Source::Http) {
-        DispatchOutcome::Dispatched {
-            workflow,
-            action_id,
-        } => json_response(
-            StatusCode::ACCEPTED,
-            &json!({"status": "dispatched", "anomaly": name, "workflow": workflow, "action_id": action_id}),
-        ),
-        DispatchOutcome::Suppressed { workflow, reason } => json_response(
-            StatusCode::OK,
-            &json!({"status": "suppressed", "anomaly": name, "workflow": workflow, "reason": reason.as_str()}),
-        ),
-        DispatchOutcome::Unmatched => json_response(
-            StatusCode::OK,
-            &json!({"status": "unmatched", "anomaly": name}),
-        ),
-    })
+    let outcome = state.dispatcher.dispatch(anomaly, Source::Http);
+    let status = match outcome {
+        DispatchOutcome::Dispatched { .. } => StatusCode::ACCEPTED,
+        DispatchOutcome::Suppressed { .. } | DispatchOutcome::Unmatched => StatusCode::OK,
+    };
+    Ok(json_response(status, &outcome.to_json(&name)))
+}
+
+/// Always 200 for Alertmanager's own payloads, whatever became of each alert: Alertmanager
+/// retries a 5xx, and a 4xx is for a body that is not its payload at all.
+async fn post_alertmanager(
+    state: &ServerState,
+    request: Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_json_body(state, request).await?;
+    let results = state
+        .alerts
+        .receive(&body, &state.dispatcher, &state.log)
+        .map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, message))?;
+    let results: Vec<_> = results.iter().map(|result| result.to_json()).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "results": results }),
+    ))
+}
+
+fn get_metrics() -> Result<HttpResponse, ApiError> {
+    let text = metrics::global().encode().map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the metrics could not be encoded",
+        )
+    })?;
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(metrics::CONTENT_TYPE),
+    );
+    Ok(response)
 }
 
 /// Checks the content type and size limit, then reads the whole body.

@@ -3,9 +3,13 @@
 mod util;
 
 mod actions;
+mod alertmanager;
+mod alertmanager_real;
 mod cli;
 mod http_api;
 mod log_records;
+mod metrics;
 mod reload;
 mod security;
+mod send;
 mod systemd;

@@ -337,6 +337,16 @@ impl Daemon {
         )
     }
 
+    /// `POST path` with a JSON body.
+    pub fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.request(
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+    }
+
     /// Posts an anomaly by name and returns the workflow it was dispatched to, if any.
     pub fn workflow_for(&self, name: &str) -> Option<String> {
         let response = self.post_anomaly(&serde_json::json!({ "name": name }));

@@ -19,7 +19,10 @@ use crate::template::TemplateContext;
 /// Where an anomaly came from, as the `source` key of the triggered record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
+    /// `POST /anomaly`.
     Http,
+    /// `POST /alertmanager`: a firing alert from Prometheus Alertmanager.
+    Alertmanager,
 }
 
 impl Source {
@@ -27,6 +30,7 @@ impl Source {
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Http => "http",
+            Source::Alertmanager => "alertmanager",
         }
     }
 }

@@ -1,0 +1,343 @@
+//! `POST /alertmanager` (SPEC §2): Prometheus Alertmanager's webhook payload (version 4), taken as
+//! Alertmanager sends it, turned into anomalies for the same dispatcher `/anomaly` uses.
+//!
+//! Alertmanager delivers at least once and re-sends every alert still firing with each group
+//! notification, so `AlertReceiver` remembers which alerts (by `fingerprint` and `startsAt`) it
+//! has acted on and answers `duplicate` for the rest. The memory lives in the server's state,
+//! outside the reflex map, so a reload does not forget it; it is bounded, least recently seen
+//! first out.
+
+use std::num::NonZeroUsize;
+use std::sync::{Mutex, PoisonError};
+
+use indexmap::IndexMap;
+use lru::LruCache;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use slog::Logger;
+
+use crate::actions::Source;
+use crate::config::JsonObject;
+use crate::dispatch::{Anomaly, DispatchOutcome, Dispatcher};
+use crate::matcher;
+use crate::records;
+
+/// The webhook payload version this module reads (Alertmanager 0.x sends "4").
+pub const PAYLOAD_VERSION: &str = "4";
+
+/// Alerts remembered as acted on. Re-sends come within `repeat_interval` (hours), and a host
+/// sees far fewer distinct alerts than this in that time; each entry is two short strings.
+pub const ALERT_MEMORY_ENTRIES: NonZeroUsize = NonZeroUsize::new(4096).expect("not zero");
+
+/// The webhook body; group-level fields (`receiver`, `groupLabels`, ...) are not needed.
+#[derive(Debug, Deserialize)]
+struct Payload {
+    version: Option<String>,
+    alerts: Vec<Alert>,
+}
+
+/// One alert of a notification, with the fields Alertmanager always sends.
+#[derive(Debug, Deserialize)]
+struct Alert {
+    status: AlertStatus,
+    labels: IndexMap<String, String>,
+    #[serde(default)]
+    annotations: IndexMap<String, String>,
+    #[serde(rename = "startsAt")]
+    starts_at: String,
+    fingerprint: String,
+    #[serde(rename = "generatorURL", default)]
+    generator_url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum AlertStatus {
+    Firing,
+    Resolved,
+}
+
+impl Alert {
+    /// The anomaly name: the `anomaly` label, else `alertname`. An empty label counts as absent,
+    /// as it does in Prometheus.
+    fn name(&self) -> Result<String, String> {
+        let label = ["anomaly", "alertname"]
+            .into_iter()
+            .find_map(|key| Some((key, self.labels.get(key).filter(|v| !v.is_empty())?)));
+        let Some((key, name)) = label else {
+            return Err("the alert has neither an `anomaly` nor an `alertname` label".into());
+        };
+        matcher::validate_name(name).map_err(|why| format!("the `{key}` label {why}"))?;
+        Ok(name.clone())
+    }
+
+    /// The anomaly this firing alert stands for; its details keep Alertmanager's own names.
+    fn anomaly(&self) -> Result<Anomaly, String> {
+        let name = self.name()?;
+        if self.fingerprint.is_empty() {
+            return Err(
+                "the alert has an empty `fingerprint`, so a re-sent copy could not be told apart"
+                    .into(),
+            );
+        }
+        let strings = |map: &IndexMap<String, String>| -> JsonObject {
+            map.iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect()
+        };
+        let mut details = JsonObject::new();
+        details.insert("labels".into(), Value::Object(strings(&self.labels)));
+        details.insert(
+            "annotations".into(),
+            Value::Object(strings(&self.annotations)),
+        );
+        details.insert("startsAt".into(), Value::String(self.starts_at.clone()));
+        details.insert(
+            "fingerprint".into(),
+            Value::String(self.fingerprint.clone()),
+        );
+        details.insert(
+            "generatorURL".into(),
+            Value::String(self.generator_url.clone()),
+        );
+        Ok(Anomaly { name, details })
+    }
+}
+
+/// Parses a webhook body; the error is the message for a 400 answer.
+fn parse(body: &[u8]) -> Result<Vec<Alert>, String> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|err| format!("the body is not valid JSON: {err}"))?;
+    let not_a_payload =
+        |why: String| format!("the body is not an Alertmanager webhook payload: {why}");
+    if !value.is_object() {
+        return Err(not_a_payload("expected a JSON object with `alerts`".into()));
+    }
+    let payload: Payload =
+        serde_json::from_value(value).map_err(|err| not_a_payload(err.to_string()))?;
+    match payload.version.as_deref() {
+        None | Some(PAYLOAD_VERSION) => Ok(payload.alerts),
+        Some(other) => Err(not_a_payload(format!(
+            "version {other:?} is not supported; AutoHealer reads version {PAYLOAD_VERSION}"
+        ))),
+    }
+}
+
+/// What became of one alert, in the order of the payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AlertResult {
+    /// A firing alert went to the dispatcher, as an anomaly from `/anomaly` would.
+    Dispatched {
+        anomaly: String,
+        outcome: DispatchOutcome,
+    },
+    /// A resolved alert: logged, not acted on.
+    Resolved { anomaly: String },
+    /// A firing alert already acted on: nothing runs twice.
+    Duplicate { anomaly: String },
+    /// An alert that cannot become an anomaly; the rest of the payload is still handled.
+    Invalid { error: String },
+}
+
+impl AlertResult {
+    /// The result object in the `results` list of the answer.
+    pub fn to_json(&self) -> Value {
+        match self {
+            AlertResult::Dispatched { anomaly, outcome } => outcome.to_json(anomaly),
+            AlertResult::Resolved { anomaly } => json!({"status": "resolved", "anomaly": anomaly}),
+            AlertResult::Duplicate { anomaly } => {
+                json!({"status": "duplicate", "anomaly": anomaly})
+            }
+            AlertResult::Invalid { error } => json!({"status": "invalid", "error": error}),
+        }
+    }
+}
+
+/// Identifies one firing of one alert: a re-fire after resolution has a new `startsAt`.
+type AlertKey = (String, String);
+
+/// Turns webhook payloads into dispatches, remembering the alerts it has acted on.
+pub struct AlertReceiver {
+    /// Alerts whose anomaly was dispatched (or is being dispatched), least recently seen first.
+    acted_on: Mutex<LruCache<AlertKey, ()>>,
+}
+
+impl AlertReceiver {
+    /// A receiver that remembers up to `entries` alerts.
+    pub fn new(entries: NonZeroUsize) -> AlertReceiver {
+        AlertReceiver {
+            acted_on: Mutex::new(LruCache::new(entries)),
+        }
+    }
+
+    /// Handles one webhook body: `Err` (a 400 message) when it is not Alertmanager's, otherwise
+    /// one result per alert. A malformed payload acts on nothing: it is parsed whole first.
+    pub fn receive(
+        &self,
+        body: &[u8],
+        dispatcher: &Dispatcher,
+        log: &Logger,
+    ) -> Result<Vec<AlertResult>, String> {
+        let alerts = parse(body)?;
+        Ok(alerts
+            .into_iter()
+            .map(|alert| self.handle(alert, dispatcher, log))
+            .collect())
+    }
+
+    fn handle(&self, alert: Alert, dispatcher: &Dispatcher, log: &Logger) -> AlertResult {
+        let anomaly = match alert.anomaly() {
+            Ok(anomaly) => anomaly,
+            Err(error) => {
+                records::alert_invalid(log, &alert.fingerprint, &error);
+                return AlertResult::Invalid { error };
+            }
+        };
+        let name = anomaly.name.clone();
+        if alert.status == AlertStatus::Resolved {
+            records::alert_resolved(log, &name, &alert.fingerprint, &alert.starts_at);
+            return AlertResult::Resolved { anomaly: name };
+        }
+        let key = (alert.fingerprint, alert.starts_at);
+        // Claiming the key before dispatching makes two concurrent deliveries of one alert (a
+        // retry racing the original) act once.
+        if !self.claim(&key) {
+            records::alert_duplicate(log, &name, &key.0, &key.1);
+            return AlertResult::Duplicate { anomaly: name };
+        }
+        let outcome = dispatcher.dispatch(anomaly, Source::Alertmanager);
+        if !matches!(outcome, DispatchOutcome::Dispatched { .. }) {
+            // Nothing was acted on: a re-send may match a reflex added since, so let it through.
+            self.lock().pop(&key);
+        }
+        AlertResult::Dispatched {
+            anomaly: name,
+            outcome,
+        }
+    }
+
+    /// Records `key` as acted on; false when it already was (which refreshes it).
+    fn claim(&self, key: &AlertKey) -> bool {
+        let mut acted_on = self.lock();
+        if acted_on.get(key).is_some() {
+            return false;
+        }
+        acted_on.put(key.clone(), ());
+        true
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<AlertKey, ()>> {
+        // The cache holds no invariant a panicking holder could break.
+        self.acted_on.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(labels: Value) -> Value {
+        json!({
+            "status": "firing",
+            "labels": labels,
+            "annotations": {"summary": "nginx is down"},
+            "startsAt": "2024-05-01T10:00:00Z",
+            "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "http://prometheus/graph",
+            "fingerprint": "4f6cb5ae4e6d3a8f",
+        })
+    }
+
+    fn parse_one(alert: Value) -> Alert {
+        let body = json!({"version": "4", "status": "firing", "alerts": [alert]});
+        parse(body.to_string().as_bytes()).unwrap().remove(0)
+    }
+
+    #[test]
+    fn the_anomaly_label_wins_over_alertname() {
+        let both = parse_one(alert(
+            json!({"alertname": "NginxDown", "anomaly": "nginx.web1.down"}),
+        ));
+        assert_eq!(both.name().unwrap(), "nginx.web1.down");
+        let only = parse_one(alert(json!({"alertname": "NginxDown"})));
+        assert_eq!(only.name().unwrap(), "NginxDown");
+        let empty = parse_one(alert(json!({"alertname": "NginxDown", "anomaly": ""})));
+        assert_eq!(empty.name().unwrap(), "NginxDown");
+        let none = parse_one(alert(json!({"job": "nginx"})));
+        assert_eq!(
+            none.name().unwrap_err(),
+            "the alert has neither an `anomaly` nor an `alertname` label"
+        );
+        let long = parse_one(alert(json!({"anomaly": "x".repeat(300)})));
+        assert_eq!(
+            long.name().unwrap_err(),
+            "the `anomaly` label is 300 characters long; the limit is 256"
+        );
+    }
+
+    #[test]
+    fn details_carry_labels_annotations_and_identity() {
+        let anomaly = parse_one(alert(json!({"alertname": "NginxDown", "instance": "web1"})))
+            .anomaly()
+            .unwrap();
+        assert_eq!(
+            Value::Object(anomaly.details),
+            json!({
+                "labels": {"alertname": "NginxDown", "instance": "web1"},
+                "annotations": {"summary": "nginx is down"},
+                "startsAt": "2024-05-01T10:00:00Z",
+                "fingerprint": "4f6cb5ae4e6d3a8f",
+                "generatorURL": "http://prometheus/graph",
+            })
+        );
+    }
+
+    #[test]
+    fn payloads_that_are_not_alertmanagers_say_why() {
+        let err = |body: &str| parse(body.as_bytes()).unwrap_err();
+        assert_eq!(
+            err("{\"alerts\": "),
+            "the body is not valid JSON: EOF while parsing a value at line 1 column 11"
+        );
+        assert_eq!(
+            err("[]"),
+            "the body is not an Alertmanager webhook payload: expected a JSON object with `alerts`"
+        );
+        assert_eq!(
+            err(r#"{"version": "4"}"#),
+            "the body is not an Alertmanager webhook payload: missing field `alerts`"
+        );
+        assert_eq!(
+            err(r#"{"alerts": {}}"#),
+            "the body is not an Alertmanager webhook payload: invalid type: map, expected a sequence"
+        );
+        assert_eq!(
+            err(r#"{"alerts": [{"status": "pending", "labels": {}, "startsAt": "", "fingerprint": ""}]}"#),
+            "the body is not an Alertmanager webhook payload: unknown variant `pending`, expected `firing` or `resolved`"
+        );
+        assert_eq!(
+            err(r#"{"alerts": [{"status": "firing", "labels": {"a": 1}, "startsAt": "", "fingerprint": ""}]}"#),
+            "the body is not an Alertmanager webhook payload: invalid type: integer `1`, expected a string"
+        );
+        assert_eq!(
+            err(r#"{"version": "3", "alerts": []}"#),
+            "the body is not an Alertmanager webhook payload: version \"3\" is not supported; AutoHealer reads version 4"
+        );
+        assert!(parse(br#"{"alerts": []}"#).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_memory_is_bounded_and_refreshed_by_use() {
+        let receiver = AlertReceiver::new(NonZeroUsize::new(2).unwrap());
+        let key = |n: u8| (format!("fp{n}"), "t".to_string());
+        assert!(receiver.claim(&key(1)));
+        assert!(receiver.claim(&key(2)));
+        assert!(
+            !receiver.claim(&key(1)),
+            "1 is remembered, and now most recent"
+        );
+        assert!(receiver.claim(&key(3)), "evicts 2, the least recently seen");
+        assert!(!receiver.claim(&key(1)));
+        assert!(receiver.claim(&key(2)), "2 was forgotten");
+    }
+}

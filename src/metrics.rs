@@ -1,0 +1,359 @@
+//! Prometheus metrics (SPEC §6): one registry, bumped by the record functions in `records` and
+//! encoded in the Prometheus text format for `GET /metrics`.
+//!
+//! A metric moves exactly when its log record is written, so the two never disagree (style: one
+//! function per record, which also bumps the record's metric). The metrics live in one
+//! process-wide `Metrics`, reached through `global()`, as vector's internal events reach their
+//! recorder: the record functions keep their signatures and every caller gets metrics for free.
+//!
+//! Label cardinality is bounded by construction: the anomaly name is never a label (monitors can
+//! invent names without limit); `source`, `result`, `action`, `outcome` take a handful of fixed
+//! values; `workflow` takes the names declared in the reflex map, which the operator controls.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::LazyLock;
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Metric, Registry};
+
+use crate::actions::Source;
+
+/// The `Content-Type` of `GET /metrics`: the Prometheus text format, version 0.0.4.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Upper bounds of the action duration buckets, in seconds: from a log-only action (well under a
+/// millisecond) to an exec or webhook that runs into a generous timeout.
+const ACTION_DURATION_BUCKETS_SECONDS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// What became of one received anomaly, as the `result` label of
+/// `autohealer_anomalies_received_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// A reflex matched and its action started.
+    Dispatched,
+    /// No reflex matched.
+    Unmatched,
+    /// A reflex matched but a safety rail held the action back.
+    Suppressed,
+    /// Alertmanager re-sent an alert that was already acted on.
+    Duplicate,
+    /// Alertmanager reported an alert as resolved; nothing runs.
+    Resolved,
+    /// An alert in a valid payload could not become an anomaly (e.g. it has no name).
+    Invalid,
+}
+
+impl Received {
+    const ALL: [Received; 6] = [
+        Received::Dispatched,
+        Received::Unmatched,
+        Received::Suppressed,
+        Received::Duplicate,
+        Received::Resolved,
+        Received::Invalid,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Received::Dispatched => "dispatched",
+            Received::Unmatched => "unmatched",
+            Received::Suppressed => "suppressed",
+            Received::Duplicate => "duplicate",
+            Received::Resolved => "resolved",
+            Received::Invalid => "invalid",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReceivedLabels {
+    source: &'static str,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ActionLabels {
+    workflow: String,
+    action: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct WorkflowLabels {
+    workflow: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
+}
+
+type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
+
+/// Every metric the daemon exports, registered once in `registry`.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    anomalies_received: Family<ReceivedLabels, Counter>,
+    // `workflow` labels come only from names declared in a loaded map; a workflow renamed away
+    // keeps its series until restart, so the count is bounded by the names the operator wrote.
+    actions: Family<ActionLabels, Counter>,
+    action_duration: HistogramFamily<WorkflowLabels>,
+    actions_in_flight: Gauge,
+    config_reloads: Family<ReloadLabels, Counter>,
+    config_last_reload_successful: Gauge,
+    config_last_reload_success_timestamp: Gauge<f64, AtomicU64>,
+    reflexes: Gauge,
+}
+
+impl Metrics {
+    /// A fresh set of metrics, every counter at zero.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("autohealer");
+        let r = &mut registry;
+        let metrics = Metrics {
+            anomalies_received: register(
+                r,
+                "anomalies_received",
+                "Anomalies received, by where they came from and what became of them",
+                Family::default(),
+            ),
+            actions: register(
+                r,
+                "actions",
+                "Healing actions finished, by workflow, kind of action and outcome",
+                Family::default(),
+            ),
+            action_duration: register(
+                r,
+                "action_duration_seconds",
+                "How long healing actions ran, by workflow",
+                Family::new_with_constructor(|| Histogram::new(ACTION_DURATION_BUCKETS_SECONDS)),
+            ),
+            actions_in_flight: register(
+                r,
+                "actions_in_flight",
+                "Healing actions triggered and not yet finished",
+                Gauge::default(),
+            ),
+            config_reloads: register(
+                r,
+                "config_reloads",
+                "Reflex map loads (the startup load included) and rejected reloads, by result",
+                Family::default(),
+            ),
+            config_last_reload_successful: register(
+                r,
+                "config_last_reload_successful",
+                "1 when the last reload attempt left the file's content in force, 0 when it was rejected",
+                Gauge::default(),
+            ),
+            config_last_reload_success_timestamp: register(
+                r,
+                "config_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful reflex map load",
+                Gauge::default(),
+            ),
+            reflexes: register(r, "reflexes", "Reflexes in the map in force", Gauge::default()),
+            registry,
+        };
+
+        // Series that exist from the start, so rate() and absent() work before the first event.
+        for source in [Source::Http, Source::Alertmanager] {
+            for result in Received::ALL {
+                // Only Alertmanager's alerts can be duplicates, resolved or invalid.
+                let alerts_only = matches!(
+                    result,
+                    Received::Duplicate | Received::Resolved | Received::Invalid
+                );
+                if alerts_only && source != Source::Alertmanager {
+                    continue;
+                }
+                metrics.anomalies_received_counter(source, result);
+            }
+        }
+        for result in ["success", "failure"] {
+            let _ = metrics
+                .config_reloads
+                .get_or_create(&ReloadLabels { result });
+        }
+        metrics
+    }
+
+    fn anomalies_received_counter(&self, source: Source, result: Received) -> Counter {
+        self.anomalies_received
+            .get_or_create_owned(&ReceivedLabels {
+                source: source.as_str(),
+                result: result.as_str(),
+            })
+    }
+
+    /// Counts one anomaly from `source` by what became of it.
+    pub fn anomaly_received(&self, source: Source, result: Received) {
+        self.anomalies_received_counter(source, result).inc();
+    }
+
+    /// A healing action was triggered and is now running.
+    pub fn action_started(&self) {
+        self.actions_in_flight.inc();
+    }
+
+    /// A healing action of `workflow` finished with `outcome` after `duration`.
+    pub fn action_finished(
+        &self,
+        workflow: &str,
+        action: &'static str,
+        outcome: &'static str,
+        duration: Duration,
+    ) {
+        self.actions_in_flight.dec();
+        self.actions
+            .get_or_create(&ActionLabels {
+                workflow: workflow.to_string(),
+                action,
+                outcome,
+            })
+            .inc();
+        self.action_duration
+            .get_or_create(&WorkflowLabels {
+                workflow: workflow.to_string(),
+            })
+            .observe(duration.as_secs_f64());
+    }
+
+    /// A map with `reflexes` reflexes was loaded at `at`.
+    pub fn map_loaded(&self, reflexes: usize, at: SystemTime) {
+        self.config_reloads
+            .get_or_create(&ReloadLabels { result: "success" })
+            .inc();
+        self.config_last_reload_successful.set(1);
+        let unix = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.config_last_reload_success_timestamp
+            .set(unix.as_secs_f64());
+        self.reflexes
+            .set(i64::try_from(reflexes).unwrap_or(i64::MAX));
+    }
+
+    /// A reload found the file identical to the map in force: the config on disk is good again,
+    /// though nothing new was loaded (so neither the counter nor the timestamp moves).
+    pub fn map_unchanged(&self) {
+        self.config_last_reload_successful.set(1);
+    }
+
+    /// A reload was rejected (invalid or missing file); the old map stays in force.
+    pub fn map_rejected(&self) {
+        self.config_reloads
+            .get_or_create(&ReloadLabels { result: "failure" })
+            .inc();
+        self.config_last_reload_successful.set(0);
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+/// Registers `metric` under `name` and hands it back: metrics are shared handles, so the copy
+/// kept in `Metrics` moves the one the registry encodes.
+fn register<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The daemon's metrics, shared by every record function and `GET /metrics`.
+pub fn global() -> &'static Metrics {
+    &GLOBAL
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of the sample written exactly as `series`.
+    fn value<'a>(text: &'a str, series: &str) -> &'a str {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no sample {series} in\n{text}"))
+    }
+
+    #[test]
+    fn every_metric_is_exported_with_its_contract_name() {
+        let metrics = Metrics::new();
+        metrics.anomaly_received(Source::Alertmanager, Received::Duplicate);
+        metrics.action_started();
+        metrics.action_finished("page", "log", "ok", Duration::from_millis(3));
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        metrics.map_loaded(4, at);
+        metrics.map_rejected();
+        let text = metrics.encode().unwrap();
+        let expected = [
+            (
+                r#"autohealer_anomalies_received_total{source="alertmanager",result="duplicate"}"#,
+                "1",
+            ),
+            (
+                r#"autohealer_anomalies_received_total{source="http",result="dispatched"}"#,
+                "0",
+            ),
+            (
+                r#"autohealer_actions_total{workflow="page",action="log",outcome="ok"}"#,
+                "1",
+            ),
+            (
+                r#"autohealer_action_duration_seconds_count{workflow="page"}"#,
+                "1",
+            ),
+            (
+                r#"autohealer_action_duration_seconds_bucket{workflow="page",le="0.001"}"#,
+                "0",
+            ),
+            (
+                r#"autohealer_action_duration_seconds_bucket{workflow="page",le="0.005"}"#,
+                "1",
+            ),
+            ("autohealer_actions_in_flight", "0"),
+            (r#"autohealer_config_reloads_total{result="success"}"#, "1"),
+            (r#"autohealer_config_reloads_total{result="failure"}"#, "1"),
+            ("autohealer_config_last_reload_successful", "0"),
+            (
+                "autohealer_config_last_reload_success_timestamp_seconds",
+                "1700000000.0",
+            ),
+            ("autohealer_reflexes", "4"),
+        ];
+        for (series, expected) in expected {
+            assert_eq!(value(&text, series), expected, "{series}");
+        }
+        assert!(text.contains("# TYPE autohealer_anomalies_received_total counter"));
+        assert!(text.contains("# TYPE autohealer_action_duration_seconds histogram"));
+        assert!(!text.contains(r#"source="http",result="duplicate""#));
+
+        metrics.map_unchanged();
+        let text = metrics.encode().unwrap();
+        assert_eq!(
+            value(&text, "autohealer_config_last_reload_successful"),
+            "1"
+        );
+    }
+}
