@@ -8,24 +8,46 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// AutoHealer: a host daemon that maps anomalies to corrective workflows.
 #[derive(Debug, Parser)]
-#[command(
-    name = "autohealer",
-    version,
-    about,
-    args_conflicts_with_subcommands = true
-)]
+#[command(name = "autohealer", version, about)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Option<Command>,
-    /// Options of `run`, so that a bare `autohealer --config FILE` runs the daemon.
-    #[command(flatten)]
-    pub run: RunArgs,
+    pub command: Command,
 }
 
+/// Words that name a subcommand or ask clap for help, so `run` is not put in front of them.
+const NOT_RUN: [&str; 9] = [
+    "run",
+    "check",
+    "send",
+    "help",
+    "--help",
+    "-h",
+    "--version",
+    "-V",
+    "-v",
+];
+
 impl Cli {
-    /// The subcommand to execute, with `run` standing in when none was named.
+    /// Parses `args` (the program name first), with `run` standing in when no subcommand is
+    /// named, so a bare `autohealer --config FILE` runs the daemon. Inserting the word, rather
+    /// than flattening `run`'s options into the top level, keeps `run`'s environment variables
+    /// (`AUTOHEALER_LISTEN`, ...) from being parsed, and failing, for `check` and `send`.
+    pub fn parse_from_args<I: IntoIterator<Item = std::ffi::OsString>>(
+        args: I,
+    ) -> Result<Cli, clap::Error> {
+        let mut args: Vec<std::ffi::OsString> = args.into_iter().collect();
+        let names_subcommand = args
+            .get(1)
+            .is_some_and(|first| NOT_RUN.iter().any(|word| first == word));
+        if !names_subcommand && !args.is_empty() {
+            args.insert(1, "run".into());
+        }
+        Cli::try_parse_from(args)
+    }
+
+    /// The subcommand to execute.
     pub fn into_command(self) -> Command {
-        self.command.unwrap_or(Command::Run(self.run))
+        self.command
     }
 }
 
@@ -94,8 +116,8 @@ pub struct RunArgs {
 /// Options of `check`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// The reflex map to validate.
-    #[arg(default_value = "reflex_map.yml")]
+    /// The reflex map to validate (default: $AUTOHEALER_CONFIG, else reflex_map.yml).
+    #[arg(env = "AUTOHEALER_CONFIG", default_value = "reflex_map.yml")]
     pub file: PathBuf,
 }
 
@@ -152,9 +174,13 @@ fn parse_level(text: &str) -> Result<slog::Level, String> {
 mod tests {
     use super::*;
 
+    fn parse(args: impl IntoIterator<Item = &'static str>) -> Result<Cli, clap::Error> {
+        Cli::parse_from_args(args.into_iter().map(std::ffi::OsString::from))
+    }
+
     #[test]
     fn run_is_the_default_subcommand() {
-        let cli = Cli::try_parse_from(["autohealer", "--config", "x.yml", "--dry-run"]).unwrap();
+        let cli = parse(["autohealer", "--config", "x.yml", "--dry-run"]).unwrap();
         match cli.into_command() {
             Command::Run(args) => {
                 assert_eq!(args.config, PathBuf::from("x.yml"));
@@ -170,7 +196,7 @@ mod tests {
 
     #[test]
     fn check_takes_an_optional_file() {
-        let cli = Cli::try_parse_from(["autohealer", "check"]).unwrap();
+        let cli = parse(["autohealer", "check"]).unwrap();
         match cli.into_command() {
             Command::Check(args) => assert_eq!(args.file, PathBuf::from("reflex_map.yml")),
             other => panic!("expected check, got {other:?}"),
@@ -179,7 +205,7 @@ mod tests {
 
     #[test]
     fn send_takes_a_name_and_details() {
-        let cli = Cli::try_parse_from([
+        let cli = parse([
             "autohealer",
             "send",
             "disk.root.full",
@@ -204,7 +230,7 @@ mod tests {
             }
             other => panic!("expected send, got {other:?}"),
         }
-        let cli = Cli::try_parse_from(["autohealer", "send", "a"]).unwrap();
+        let cli = parse(["autohealer", "send", "a"]).unwrap();
         match cli.into_command() {
             Command::Send(args) => assert_eq!(args.url.as_str(), "http://127.0.0.1:8000/"),
             other => panic!("expected send, got {other:?}"),
@@ -214,8 +240,17 @@ mod tests {
             &["autohealer", "send", "a", "novalue"],
             &["autohealer", "send", "a", "--url", "ftp://x"],
         ] {
-            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+            assert!(parse(bad.iter().copied()).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn run_is_inserted_only_before_options() {
+        assert!(parse(["autohealer", "--help"]).is_err(), "help is clap's own exit");
+        assert!(matches!(
+            parse(["autohealer", "run", "-c", "m.yml"]).unwrap().into_command(),
+            Command::Run(_)
+        ));
     }
 
     #[test]

@@ -3,14 +3,14 @@
 use std::process::ExitCode;
 
 use autohealer::{app, check, cli, logging, send, systemd};
-use clap::Parser;
 
 /// Exit code for a missing or invalid config at startup (sysexits' EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
-    // clap exits with 2 on a usage error.
-    match cli::Cli::parse().into_command() {
+    // clap exits with 2 on a usage error (0 for --help and --version).
+    let cli = cli::Cli::parse_from_args(std::env::args_os()).unwrap_or_else(|err| err.exit());
+    match cli.into_command() {
         cli::Command::Run(args) => {
             // SAFETY: no thread exists yet (the log drain starts its own just below).
             let host = unsafe { systemd::HostEnv::take() };

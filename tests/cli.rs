@@ -105,3 +105,18 @@ fn a_busy_port_exits_1() {
         "{stderr}"
     );
 }
+
+#[test]
+fn run_environment_does_not_break_check() {
+    // AUTOHEALER_LISTEN belongs to `run`; a bad value must not fail `check`.
+    let map = MapDir::new("workflows: {a: {}}\nreflexes: {x: a}\n");
+    let output = std::process::Command::new(crate::util::binary())
+        .arg("check")
+        .env("AUTOHEALER_LISTEN", "not-an-address")
+        .env("AUTOHEALER_CONFIG", map.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.starts_with(&format!("{}: valid", map.path().display())), "{stdout}");
+}
