@@ -146,7 +146,7 @@ pub enum LogFormat {
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|err| format!("{err} (write e.g. 500ms, 30s, 5m)"))
+    crate::config::parse_duration(text)
 }
 
 fn parse_url(text: &str) -> Result<reqwest::Url, String> {

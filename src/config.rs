@@ -394,12 +394,24 @@ struct DurationValue(Duration);
 impl TryFrom<String> for DurationValue {
     type Error = String;
     fn try_from(text: String) -> Result<Self, String> {
-        humantime::parse_duration(text.trim())
-            .map(DurationValue)
-            .map_err(|err| {
-                format!("invalid duration `{text}` ({err}): write a number and a unit, like 500ms, 30s, 5m or 1h")
-            })
+        parse_duration(&text).map(DurationValue)
     }
+}
+
+/// Longest duration accepted anywhere: far beyond any sensible cooldown or timeout, and far from
+/// the point where adding it to a clock reading overflows.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Parses a duration written like `500ms`, `30s`, `5m` or `1h`, up to `MAX_DURATION`; shared by
+/// the map and the command line.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text.trim()).map_err(|err| {
+        format!("invalid duration `{text}` ({err}): write a number and a unit, like 500ms, 30s, 5m or 1h")
+    })?;
+    if duration > MAX_DURATION {
+        return Err(format!("duration `{text}` is longer than the limit of a year"));
+    }
+    Ok(duration)
 }
 
 /// A non-empty argv list whose program is not empty, each element a template.
@@ -908,6 +920,15 @@ reflexes:
             errors_of("workflows:\n  a:\n    webhook:\n      url: http://h/\n      headers: {'bad name': x}\n"),
             "map.yml:4:7: workflows.a.webhook: invalid header name `bad name`"
         );
+    }
+
+    #[test]
+    fn absurd_durations_are_rejected() {
+        assert_eq!(
+            errors_of("defaults:\n  cooldown: 400000000000y\n"),
+            "map.yml:2:3: defaults: duration `400000000000y` is longer than the limit of a year"
+        );
+        assert!(parse_duration("365d").is_ok());
     }
 
     #[test]
