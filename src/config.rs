@@ -155,14 +155,30 @@ pub struct ExecAction {
 }
 
 /// An HTTP POST into a workflow engine such as n8n.
+///
+/// The URL's password and the header values may hold credentials, so what is shown to people
+/// (`GET /reflexes`, records) is `shown_url` and header names only.
 #[derive(Debug, Clone, Serialize)]
 pub struct WebhookAction {
-    pub url: String,
+    #[serde(skip)]
+    pub url: reqwest::Url,
+    /// The URL with any user and password replaced by `***`: safe for logs and the API.
+    #[serde(rename = "url")]
+    pub shown_url: String,
     #[serde(serialize_with = "serialize_duration")]
     pub timeout: Duration,
     pub retries: u32,
     /// Extra request headers; values are templates.
+    #[serde(serialize_with = "serialize_header_names")]
     pub headers: IndexMap<String, Template>,
+}
+
+/// Header values are shown as `***`: they are where tokens go.
+fn serialize_header_names<S: Serializer>(
+    headers: &IndexMap<String, Template>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(headers.keys().map(|name| (name, "***")))
 }
 
 /// Suspend a workflow after `failures` failed runs within `within`.
@@ -245,6 +261,7 @@ impl TryFrom<RawWorkflowFields> for RawWorkflow {
                 timeout: exec.timeout.map_or(DEFAULT_EXEC_TIMEOUT, |d| d.0),
             }),
             (None, Some(hook)) => RawAction::Webhook(WebhookAction {
+                shown_url: redact_url(&hook.url.0),
                 url: hook.url.0,
                 timeout: hook.timeout.map_or(DEFAULT_WEBHOOK_TIMEOUT, |d| d.0),
                 retries: hook.retries.unwrap_or(DEFAULT_WEBHOOK_RETRIES),
@@ -455,30 +472,37 @@ impl TryFrom<IndexMap<String, String>> for Headers {
     }
 }
 
-/// An absolute http or https URL with a host.
+/// An absolute http or https URL with a host, checked by the parser that will send to it.
 #[derive(Debug, Deserialize)]
 #[serde(try_from = "String")]
-struct WebhookUrl(String);
+struct WebhookUrl(reqwest::Url);
 
 impl TryFrom<String> for WebhookUrl {
     type Error = String;
     fn try_from(text: String) -> Result<Self, String> {
-        let uri: hyper::Uri = text
-            .parse()
-            .map_err(|err| format!("invalid webhook URL `{text}`: {err}"))?;
-        match uri.scheme_str() {
-            Some("http") | Some("https") => {}
-            _ => {
-                return Err(format!(
-                    "invalid webhook URL `{text}`: the scheme must be http or https"
-                ))
-            }
+        let url = reqwest::Url::parse(&text);
+        // The message must not repeat a password the URL may carry.
+        let shown = url.as_ref().map_or_else(|_| "the URL".to_string(), |u| format!("`{}`", redact_url(u)));
+        let url = url.map_err(|err| format!("invalid webhook URL: {err}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("invalid webhook URL {shown}: the scheme must be http or https"));
         }
-        if uri.host().is_none_or(str::is_empty) {
-            return Err(format!("invalid webhook URL `{text}`: it has no host"));
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("invalid webhook URL {shown}: it has no host"));
         }
-        Ok(WebhookUrl(text))
+        Ok(WebhookUrl(url))
     }
+}
+
+/// `url` with its user and password, if any, replaced by `***`.
+pub fn redact_url(url: &reqwest::Url) -> String {
+    if url.username().is_empty() && url.password().is_none() {
+        return url.to_string();
+    }
+    let mut shown = url.clone();
+    let _ = shown.set_password(None);
+    let _ = shown.set_username("***");
+    shown.to_string()
 }
 
 /// An order-keeping map that remembers keys given twice (plain maps keep the last silently), so
@@ -899,6 +923,10 @@ reflexes:
             "map.yml:3:14: workflows.a.webhook: invalid webhook URL `ftp://example.com/x`: the scheme must be http or https"
         );
         assert_eq!(
+            errors_of("workflows:\n  a:\n    webhook: {url: 'http://127.0.0.1:99999/x'}\n"),
+            "map.yml:3:14: workflows.a.webhook: invalid webhook URL: invalid port number"
+        );
+        assert_eq!(
             errors_of("reflexes:\n  \"a.***\": b\n"),
             "map.yml:2:3: reflexes: invalid pattern `a.***`: `***` is ambiguous; use `*` within a segment or `**` across dots"
         );
@@ -920,6 +948,17 @@ reflexes:
             errors_of("workflows:\n  a:\n    webhook:\n      url: http://h/\n      headers: {'bad name': x}\n"),
             "map.yml:4:7: workflows.a.webhook: invalid header name `bad name`"
         );
+    }
+
+    #[test]
+    fn webhook_credentials_are_not_shown() {
+        let map = compile_str(
+            "workflows:\n  h:\n    webhook:\n      url: 'https://user:pw@n8n.example/webhook/x'\n      headers: {Authorization: 'Bearer s3cret'}\nreflexes: {a: h}\n",
+        )
+        .unwrap();
+        let shown = serde_json::to_value(&*map.workflows["h"]).unwrap();
+        assert_eq!(shown["url"], "https://***@n8n.example/webhook/x");
+        assert_eq!(shown["headers"], serde_json::json!({"Authorization": "***"}));
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub fn dry_run(hook: &WebhookAction, run: &ActionRun) -> ActionReport {
     match headers(hook, run) {
         Ok(_) => {
             let mut report = ActionReport::new(Outcome::Ok, Duration::ZERO, None);
-            report.would_run = Some(format!("POST {}", hook.url));
+            report.would_run = Some(format!("POST {}", hook.shown_url));
             report
         }
         Err(err) => ActionReport::failed(Duration::ZERO, err),
@@ -106,7 +106,7 @@ pub async fn run(
         }
         attempts += 1;
         let request = client
-            .post(&hook.url)
+            .post(hook.url.clone())
             .headers(headers.clone())
             .json(&body)
             .timeout(hook.timeout)
@@ -128,7 +128,7 @@ pub async fn run(
                 }
                 last = (
                     Outcome::Failed,
-                    format!("{} answered HTTP {status}", hook.url),
+                    format!("{} answered HTTP {status}", hook.shown_url),
                 );
                 if !status.is_server_error() {
                     break; // 4xx (and 3xx): the request itself is wrong, retrying will not help
@@ -139,16 +139,22 @@ pub async fn run(
                     Outcome::Timeout,
                     format!(
                         "{} did not answer within {}",
-                        hook.url,
+                        hook.shown_url,
                         humantime::format_duration(hook.timeout)
                     ),
                 );
             }
             Err(err) => {
+                let final_error = err.is_builder(); // the request cannot be built: retrying will not help
+                // reqwest's message repeats the URL, password and all: show ours instead.
+                let err = err.without_url();
                 last = (
                     Outcome::Failed,
-                    format!("{}: {}", hook.url, error_chain(&err)),
-                )
+                    format!("{}: {}", hook.shown_url, error_chain(&err)),
+                );
+                if final_error {
+                    break;
+                }
             }
         }
     }
