@@ -246,9 +246,14 @@ mod tests {
 
     #[test]
     fn run_is_inserted_only_before_options() {
-        assert!(parse(["autohealer", "--help"]).is_err(), "help is clap's own exit");
+        assert!(
+            parse(["autohealer", "--help"]).is_err(),
+            "help is clap's own exit"
+        );
         assert!(matches!(
-            parse(["autohealer", "run", "-c", "m.yml"]).unwrap().into_command(),
+            parse(["autohealer", "run", "-c", "m.yml"])
+                .unwrap()
+                .into_command(),
             Command::Run(_)
         ));
     }

@@ -426,7 +426,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         format!("invalid duration `{text}` ({err}): write a number and a unit, like 500ms, 30s, 5m or 1h")
     })?;
     if duration > MAX_DURATION {
-        return Err(format!("duration `{text}` is longer than the limit of a year"));
+        return Err(format!(
+            "duration `{text}` is longer than the limit of a year"
+        ));
     }
     Ok(duration)
 }
@@ -446,10 +448,19 @@ impl TryFrom<Vec<String>> for Argv {
             }
             Some(_) => {}
         }
-        argv.iter()
+        let argv: Vec<Template> = argv
+            .iter()
             .map(|arg| Template::parse(arg))
-            .collect::<Result<_, _>>()
-            .map(Argv)
+            .collect::<Result<_, _>>()?;
+        if argv.first().is_some_and(Template::uses_caller_input) {
+            // Anyone who may post an anomaly would choose the program the daemon runs.
+            return Err(
+                "`command`'s program must not come from {{anomaly}} or {{details...}}: \
+                        whoever posts the anomaly would choose what the daemon runs"
+                    .into(),
+            );
+        }
+        Ok(Argv(argv))
     }
 }
 
@@ -482,10 +493,15 @@ impl TryFrom<String> for WebhookUrl {
     fn try_from(text: String) -> Result<Self, String> {
         let url = reqwest::Url::parse(&text);
         // The message must not repeat a password the URL may carry.
-        let shown = url.as_ref().map_or_else(|_| "the URL".to_string(), |u| format!("`{}`", redact_url(u)));
+        let shown = url.as_ref().map_or_else(
+            |_| "the URL".to_string(),
+            |u| format!("`{}`", redact_url(u)),
+        );
         let url = url.map_err(|err| format!("invalid webhook URL: {err}"))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!("invalid webhook URL {shown}: the scheme must be http or https"));
+            return Err(format!(
+                "invalid webhook URL {shown}: the scheme must be http or https"
+            ));
         }
         if url.host_str().is_none_or(str::is_empty) {
             return Err(format!("invalid webhook URL {shown}: it has no host"));
@@ -951,6 +967,18 @@ reflexes:
     }
 
     #[test]
+    fn the_program_never_comes_from_the_caller() {
+        assert_eq!(
+            errors_of("workflows:\n  a:\n    exec: {command: ['{{details.cmd}}', x]}\n"),
+            "map.yml:3:11: workflows.a.exec: `command`'s program must not come from {{anomaly}} or {{details...}}: whoever posts the anomaly would choose what the daemon runs"
+        );
+        assert!(
+            compile_str("workflows:\n  a:\n    exec: {command: ['/opt/{{params.tool}}']}\n")
+                .is_ok()
+        );
+    }
+
+    #[test]
     fn webhook_credentials_are_not_shown() {
         let map = compile_str(
             "workflows:\n  h:\n    webhook:\n      url: 'https://user:pw@n8n.example/webhook/x'\n      headers: {Authorization: 'Bearer s3cret'}\nreflexes: {a: h}\n",
@@ -958,7 +986,10 @@ reflexes:
         .unwrap();
         let shown = serde_json::to_value(&*map.workflows["h"]).unwrap();
         assert_eq!(shown["url"], "https://***@n8n.example/webhook/x");
-        assert_eq!(shown["headers"], serde_json::json!({"Authorization": "***"}));
+        assert_eq!(
+            shown["headers"],
+            serde_json::json!({"Authorization": "***"})
+        );
     }
 
     #[test]

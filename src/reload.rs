@@ -10,7 +10,7 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -58,10 +58,11 @@ pub enum LoadError {
         source: std::io::Error,
     },
     Invalid(ConfigErrors),
-    /// The map declares exec workflows and people other than its owner can write it.
+    /// The map declares exec workflows and someone other than root or the daemon's user could
+    /// change it; `problem` says how, and how to fix it.
     Insecure {
         path: PathBuf,
-        mode: u32,
+        problem: String,
     },
 }
 
@@ -83,12 +84,11 @@ impl fmt::Display for LoadError {
                 )
             }
             LoadError::Invalid(errors) => write!(f, "{errors}"),
-            LoadError::Insecure { path, mode } => write!(
+            LoadError::Insecure { path, problem } => write!(
                 f,
-                "{path}: refusing a map that declares exec workflows and is writable by group or others \
-                 (mode {mode:04o}): anyone who can write it could run commands as the daemon; \
-                 fix with: chmod go-w {path}",
-                path = path.display(),
+                "{}: refusing a map that declares exec workflows: {problem}; anyone who can \
+                 change it could run commands as the daemon",
+                path.display(),
             ),
         }
     }
@@ -96,25 +96,27 @@ impl fmt::Display for LoadError {
 
 impl std::error::Error for LoadError {}
 
-/// The file's bytes, their digest and its permission bits, read once per reload attempt.
+/// The file's bytes, their digest, its permission bits and owner, read once per reload attempt.
 struct MapFile {
     bytes: Vec<u8>,
     digest: [u8; 32],
     mode: u32,
+    owner: u32,
 }
 
 fn read_file(path: &Path) -> Result<MapFile, LoadError> {
     let read = || -> std::io::Result<MapFile> {
         // Mode and bytes come from the same open file, so a swap in between cannot mix them.
         let mut file = std::fs::File::open(path)?;
-        let mode = file.metadata()?.permissions().mode();
+        let meta = file.metadata()?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
         let digest = Sha256::digest(&bytes).into();
         Ok(MapFile {
             bytes,
             digest,
-            mode,
+            mode: meta.permissions().mode(),
+            owner: meta.uid(),
         })
     };
     read().map_err(|source| LoadError::Read {
@@ -129,13 +131,61 @@ fn compile_file(path: &Path, file: &MapFile) -> Result<ReflexMap, LoadError> {
         .workflows
         .values()
         .any(|w| matches!(w.action, Action::Exec(_)));
-    if runs_commands && file.mode & 0o022 != 0 {
-        return Err(LoadError::Insecure {
-            path: path.to_path_buf(),
-            mode: file.mode & 0o7777,
-        });
+    if runs_commands {
+        if let Some(problem) = who_else_can_change(path, file) {
+            return Err(LoadError::Insecure {
+                path: path.to_path_buf(),
+                problem,
+            });
+        }
     }
     Ok(map)
+}
+
+/// Why someone other than root or the daemon's user could change the map at `path`, if they
+/// could: it is theirs, it is writable by group or others, or a directory it sits in (through
+/// the path as given or its symlink target) lets them replace it.
+fn who_else_can_change(path: &Path, file: &MapFile) -> Option<String> {
+    let daemon_user = nix::unistd::geteuid().as_raw();
+    let trusted = |uid: u32| uid == 0 || uid == daemon_user;
+    let shown = path.display();
+    if !trusted(file.owner) {
+        return Some(format!(
+            "it is owned by uid {}; fix with: chown root {shown}",
+            file.owner
+        ));
+    }
+    if file.mode & 0o022 != 0 {
+        return Some(format!(
+            "it is writable by group or others (mode {:04o}); fix with: chmod go-w {shown}",
+            file.mode & 0o7777
+        ));
+    }
+    let mut dirs = vec![config_dir(path)];
+    if let Some(target_dir) = std::fs::canonicalize(path)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    {
+        dirs.push(target_dir);
+    }
+    for dir in dirs {
+        let Ok(meta) = std::fs::metadata(&dir) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        // A sticky directory (like /tmp) stops others from replacing a file they do not own.
+        let replaceable = mode & 0o022 != 0 && mode & 0o1000 == 0;
+        if !trusted(meta.uid()) || replaceable {
+            return Some(format!(
+                "its directory {} can be changed by others (owner uid {}, mode {:04o}); \
+                 fix with: chown root {0} && chmod go-w {0}",
+                dir.display(),
+                meta.uid(),
+                mode & 0o7777
+            ));
+        }
+    }
+    None
 }
 
 fn parse_file(path: &Path, file: &MapFile) -> Result<ReflexMap, LoadError> {

@@ -79,6 +79,14 @@ impl Template {
         Ok(out)
     }
 
+    /// True when the expansion depends on what the caller sent (the anomaly name or details),
+    /// which must never choose the program an exec action runs.
+    pub fn uses_caller_input(&self) -> bool {
+        self.parts
+            .iter()
+            .any(|part| matches!(part, Part::Anomaly | Part::Details(_)))
+    }
+
     /// The template as written in the map.
     #[cfg(test)]
     pub fn as_str(&self) -> &str {

@@ -571,3 +571,30 @@ fn sigterm_past_the_timeout_kills_the_action_and_records_it() {
         .to_string();
     wait_for_process_gone(&pid);
 }
+
+#[test]
+fn exec_maps_others_could_replace_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    const EXEC_MAP: &str = "workflows:\n  w: {exec: {command: ['true']}}\nreflexes: {a: w}\n";
+
+    // A directory others can write to lets them rename their own map over this one.
+    let map = MapDir::new(EXEC_MAP);
+    std::fs::set_permissions(map.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (code, _, stderr) = crate::util::run_cli(&["check", map.path().to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("can be changed by others"), "{stderr}");
+    assert!(stderr.contains("mode 0777"), "{stderr}");
+    std::fs::set_permissions(map.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (code, _, stderr) = crate::util::run_cli(&["check", map.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+
+    // A map owned by another user is that user's to edit. Only root can hand a file away.
+    if nix::unistd::geteuid().is_root() {
+        nix::unistd::chown(&map.path(), Some(nix::unistd::Uid::from_raw(4242)), None).unwrap();
+        let (code, _, stderr) = crate::util::run_cli(&["check", map.path().to_str().unwrap()]);
+        assert_eq!(code, 1);
+        assert!(stderr.contains("it is owned by uid 4242"), "{stderr}");
+    } else {
+        eprintln!("SKIPPED: the owner check needs root to chown a file");
+    }
+}

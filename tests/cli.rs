@@ -118,5 +118,8 @@ fn run_environment_does_not_break_check() {
         .unwrap();
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.starts_with(&format!("{}: valid", map.path().display())), "{stdout}");
+    assert!(
+        stdout.starts_with(&format!("{}: valid", map.path().display())),
+        "{stdout}"
+    );
 }

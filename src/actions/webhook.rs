@@ -146,7 +146,7 @@ pub async fn run(
             }
             Err(err) => {
                 let final_error = err.is_builder(); // the request cannot be built: retrying will not help
-                // reqwest's message repeats the URL, password and all: show ours instead.
+                                                    // reqwest's message repeats the URL, password and all: show ours instead.
                 let err = err.without_url();
                 last = (
                     Outcome::Failed,
