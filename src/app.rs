@@ -129,17 +129,13 @@ async fn serve(
     );
     let map = Arc::new(ArcSwap::from_pointee(initial));
     let (reload_tx, reload_rx) = mpsc::channel();
-    let reloader = Reloader::new(args.config.clone(), map.clone(), log.clone())
+    let mut reloader = Reloader::new(args.config.clone(), map.clone(), log.clone())
         .with_notifier(notifier.clone())
         .with_token(token.clone());
     // Without a watcher the daemon still serves and reloads on SIGHUP and POST /-/reload.
-    let _watcher = match reloader.watch(reload_tx.clone()) {
-        Ok(watcher) => Some(watcher),
-        Err(err) => {
-            records::watcher_failed(&log, &err.to_string());
-            None
-        }
-    };
+    if let Err(err) = reloader.start_watching(reload_tx.clone()) {
+        records::watcher_failed(&log, &err.to_string());
+    }
     let reload_thread = reloader
         .spawn(reload_rx)
         .context("cannot start the reload thread")?;

@@ -264,6 +264,16 @@ pub struct Reloader {
     notifier: Notifier,
     /// The bearer token, re-read on every pass (`--token-file`).
     token: Option<Arc<TokenFile>>,
+    /// The file watcher feeding this reloader, once `start_watching` armed it.
+    watch: Option<ConfigWatch>,
+}
+
+/// A notify watcher and the directories it watches: the config's own, and its symlink target's
+/// when that lies elsewhere (re-armed when the link is re-pointed).
+struct ConfigWatch {
+    watcher: RecommendedWatcher,
+    dirs: Vec<PathBuf>,
+    messages: mpsc::Sender<ReloadMessage>,
 }
 
 impl Reloader {
@@ -279,6 +289,7 @@ impl Reloader {
             missing_reported: false,
             notifier: Notifier::default(),
             token: None,
+            watch: None,
         }
     }
 
@@ -317,6 +328,7 @@ impl Reloader {
         if let Ok(mut shared) = self.watched_names.lock() {
             *shared = names;
         }
+        self.refresh_watch();
         let current = self.handle.load_full();
         let file = match read_file(&self.path) {
             Ok(file) => file,
@@ -428,7 +440,14 @@ impl Reloader {
             }
             ReloadMessage::WatchFailed(error) => {
                 records::watcher_failed(&self.log, &error);
-                // Events may have been dropped: look at the file once so nothing is missed.
+                // The watcher may be dead (its directory moved away): build a new one, then look
+                // at the file once, since events may have been lost meanwhile.
+                if let Some(old) = self.watch.take() {
+                    drop(old.watcher);
+                    if let Err(err) = self.start_watching(old.messages) {
+                        records::watcher_failed(&self.log, &err.to_string());
+                    }
+                }
                 self.reload(Trigger::Watch);
             }
             ReloadMessage::Reload { trigger, reply } => {
@@ -442,32 +461,91 @@ impl Reloader {
         true
     }
 
-    /// Starts a notify watcher on the config's directory that feeds `messages`.
-    pub fn watch(
-        &self,
-        messages: mpsc::Sender<ReloadMessage>,
-    ) -> notify::Result<RecommendedWatcher> {
+    /// Arms a notify watcher on the config's directory (and its symlink target's) that feeds
+    /// `messages`, then asks for one look at the file, so an edit made between the startup load
+    /// and now is not missed (an unchanged file costs one read and a digest).
+    pub fn start_watching(&mut self, messages: mpsc::Sender<ReloadMessage>) -> notify::Result<()> {
         let names = self.watched_names.clone();
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                let message = match event {
-                    Ok(event) => {
-                        let relevant = names
-                            .lock()
-                            .map(|names| is_relevant(&event, &names))
-                            .unwrap_or(true);
-                        if !relevant {
-                            return;
-                        }
-                        ReloadMessage::FileChanged
+        let sender = messages.clone();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let message = match event {
+                Ok(event) => {
+                    let relevant = names
+                        .lock()
+                        .map(|names| is_relevant(&event, &names))
+                        .unwrap_or(true);
+                    if !relevant {
+                        return;
                     }
-                    Err(err) => ReloadMessage::WatchFailed(err.to_string()),
-                };
-                let _ = messages.send(message);
-            })?;
-        watcher.watch(&config_dir(&self.path), RecursiveMode::NonRecursive)?;
-        Ok(watcher)
+                    ReloadMessage::FileChanged
+                }
+                Err(err) => ReloadMessage::WatchFailed(err.to_string()),
+            };
+            let _ = sender.send(message);
+        })?;
+        self.watch = Some(ConfigWatch {
+            watcher,
+            dirs: Vec::new(),
+            messages: messages.clone(),
+        });
+        if let Err(err) = self.arm(&watch_dirs(&self.path)) {
+            self.watch = None;
+            return Err(err);
+        }
+        let _ = messages.send(ReloadMessage::FileChanged);
+        Ok(())
     }
+
+    /// Follows a re-pointed symlink: watches its target's directory if that changed.
+    fn refresh_watch(&mut self) {
+        let wanted = watch_dirs(&self.path);
+        let current = self.watch.as_ref().map(|w| w.dirs.clone());
+        if current.is_some_and(|dirs| dirs != wanted) {
+            if let Err(err) = self.arm(&wanted) {
+                records::watcher_failed(&self.log, &err.to_string());
+            }
+        }
+    }
+
+    /// Makes the watcher watch exactly `wanted` (the config's directory must succeed).
+    fn arm(&mut self, wanted: &[PathBuf]) -> notify::Result<()> {
+        let Some(watch) = self.watch.as_mut() else {
+            return Ok(());
+        };
+        for dir in watch.dirs.iter().filter(|d| !wanted.contains(d)) {
+            let _ = watch.watcher.unwatch(dir);
+        }
+        let mut armed = Vec::new();
+        for (i, dir) in wanted.iter().enumerate() {
+            if watch.dirs.contains(dir) {
+                armed.push(dir.clone());
+                continue;
+            }
+            match watch.watcher.watch(dir, RecursiveMode::NonRecursive) {
+                Ok(()) => armed.push(dir.clone()),
+                // The target's directory is a bonus; SIGHUP still covers edits there.
+                Err(err) if i == 0 => return Err(err),
+                Err(_) => {}
+            }
+        }
+        watch.dirs = armed;
+        Ok(())
+    }
+}
+
+/// The config's directory, plus its symlink target's directory when that is another one.
+fn watch_dirs(path: &Path) -> Vec<PathBuf> {
+    let mut dirs = vec![config_dir(path)];
+    let target_dir = std::fs::canonicalize(path)
+        .ok()
+        .and_then(|target| target.parent().map(Path::to_path_buf));
+    if let Some(target_dir) = target_dir {
+        let same = std::fs::canonicalize(&dirs[0]).is_ok_and(|dir| dir == target_dir);
+        if !same {
+            dirs.push(target_dir);
+        }
+    }
+    dirs
 }
 
 /// The directory to watch: watching the file itself would lose it on the first rename.
@@ -491,12 +569,25 @@ fn watched_names(path: &Path) -> Vec<OsString> {
                 names.push(first.to_os_string());
             }
         }
+        // The final target's own name, for edits in its directory.
+        if let Some(name) = std::fs::canonicalize(path)
+            .ok()
+            .and_then(|t| t.file_name().map(OsString::from))
+        {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
     }
     names
 }
 
 /// Keeps events that touch a watched name; drops reads and the "from" half of a rename.
+/// An overflowed event queue (a rescan request) always counts: anything may have changed.
 fn is_relevant(event: &notify::Event, names: &[OsString]) -> bool {
+    if event.need_rescan() {
+        return true;
+    }
     let paths: &[PathBuf] = match event.kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => &event.paths,
         EventKind::Access(_) => return false,

@@ -243,3 +243,29 @@ fn reload_storm_loses_no_request() {
         .collect();
     assert!(accepted.iter().all(|id| triggered.contains(id)));
 }
+
+#[test]
+fn edits_through_a_symlink_into_another_directory_are_picked_up() {
+    let map = MapDir::new("unused: true\n");
+    std::fs::remove_file(map.path()).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let target = elsewhere.path().join("real.yml");
+    crate::util::write_private(&target, &map_to("one"));
+    std::os::unix::fs::symlink(&target, map.path()).unwrap();
+    let daemon = Daemon::start(&map.path(), &[]);
+    assert_eq!(daemon.workflow_for("probe").as_deref(), Some("one"));
+    // Saved in place where the link points: the watcher follows the link's target directory.
+    crate::util::write_private(&target, &map_to("two"));
+    wait_for_workflow(&daemon, "two");
+
+    // Re-point the link to a third directory; edits there are followed from then on.
+    let third = tempfile::tempdir().unwrap();
+    let new_target = third.path().join("real.yml");
+    crate::util::write_private(&new_target, &map_to("three"));
+    let tmp_link = map.file("tmp-link");
+    std::os::unix::fs::symlink(&new_target, &tmp_link).unwrap();
+    std::fs::rename(&tmp_link, map.path()).unwrap();
+    wait_for_workflow(&daemon, "three");
+    crate::util::write_private(&new_target, &map_to("one"));
+    wait_for_workflow(&daemon, "one");
+}
