@@ -203,7 +203,10 @@ async fn serve(
         let _ = deadline_for_actions_tx.send(at);
         at
     };
+    let dispatcher = state.dispatcher.clone();
     server::serve(listener, state, shutdown, deadline).await;
+    // A request still in flight past the drain deadline must not start an action now.
+    dispatcher.stop_accepting();
 
     // Every anomaly answered 202 gets its finished record: running actions may finish until the
     // shutdown deadline, then they are cancelled and recorded as failed.
@@ -257,10 +260,7 @@ async fn wait_for_signals(
         mut hup,
     }) = signals
     else {
-        slog::error!(
-            log,
-            "cannot install signal handlers; stop the daemon with SIGKILL"
-        );
+        records::signals_unavailable(log);
         return std::future::pending().await;
     };
     loop {

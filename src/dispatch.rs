@@ -1,7 +1,7 @@
 //! From an anomaly to a running healing action: one snapshot of the map, one match, the safety
 //! rails, one triggered record, then the action on the task tracker so shutdown can wait for it.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use serde::Deserialize;
@@ -74,6 +74,8 @@ pub enum DispatchOutcome {
         reason: SuppressReason,
     },
     Unmatched,
+    /// Shutdown has begun: nothing new starts, so the sender should try again later (503).
+    ShuttingDown,
 }
 
 impl DispatchOutcome {
@@ -92,6 +94,9 @@ impl DispatchOutcome {
             DispatchOutcome::Unmatched => {
                 serde_json::json!({"status": "unmatched", "anomaly": anomaly})
             }
+            DispatchOutcome::ShuttingDown => {
+                serde_json::json!({"status": "shutting_down", "anomaly": anomaly})
+            }
         }
     }
 }
@@ -107,6 +112,9 @@ pub struct Dispatcher {
     tracker: TaskTracker,
     /// Fired when shutdown runs out of time: running actions stop and report `failed`.
     cancel: CancellationToken,
+    /// False once shutdown waits for the tracker. Dispatch holds the read side from its check to
+    /// its spawn, so no action can start after the wait began and die without its record.
+    accepting: Arc<RwLock<bool>>,
     dry_run: bool,
 }
 
@@ -126,8 +134,15 @@ impl Dispatcher {
             history: ActionHistory::default(),
             tracker,
             cancel,
+            accepting: Arc::new(RwLock::new(true)),
             dry_run,
         }
+    }
+
+    /// Stops starting actions (later anomalies get `ShuttingDown`); returns once no dispatch is
+    /// between its check and its spawn, so the tracker's count is final.
+    pub fn stop_accepting(&self) {
+        *self.accepting.write().unwrap_or_else(|p| p.into_inner()) = false;
     }
 
     /// The history behind `GET /actions`.
@@ -138,6 +153,10 @@ impl Dispatcher {
     /// Matches `anomaly`; when a reflex matches and the rails admit it, writes the triggered
     /// record and starts the action.
     pub fn dispatch(&self, anomaly: Anomaly, source: Source) -> DispatchOutcome {
+        let accepting = self.accepting.read().unwrap_or_else(|p| p.into_inner());
+        if !*accepting {
+            return DispatchOutcome::ShuttingDown;
+        }
         // One load per anomaly: match, workflow and version all come from the same snapshot.
         let snapshot = self.map.load();
         let Some((reflex, workflow)) = snapshot.map.lookup(&anomaly.name) else {
@@ -201,6 +220,32 @@ impl Dispatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn nothing_starts_once_shutdown_stops_accepting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("map.yml");
+        std::fs::write(&path, "workflows: {page: {}}\nreflexes: {a: page}\n").unwrap();
+        let loaded = crate::reload::load(&path, 1).unwrap();
+        let map = Arc::new(arc_swap::ArcSwap::from_pointee(loaded));
+        let log = Logger::root(slog::Discard, slog::o!());
+        let tracker = TaskTracker::new();
+        let dispatcher =
+            Dispatcher::new(map, log, tracker.clone(), CancellationToken::new(), false);
+        let anomaly = || Anomaly::from_json(br#"{"name":"a"}"#).unwrap();
+        assert!(matches!(
+            dispatcher.dispatch(anomaly(), Source::Http),
+            DispatchOutcome::Dispatched { .. }
+        ));
+        dispatcher.stop_accepting();
+        assert_eq!(
+            dispatcher.dispatch(anomaly(), Source::Http),
+            DispatchOutcome::ShuttingDown
+        );
+        tracker.close();
+        tracker.wait().await;
+        assert_eq!(dispatcher.history().newest(10).len(), 1);
+    }
 
     #[test]
     fn anomaly_bodies_parse() {

@@ -15,8 +15,10 @@ use tokio::time::Instant;
 use crate::actions::Outcome;
 use crate::config::{Action, Breaker, Reflex, Workflow};
 
-/// Cooldown entries kept before expired ones are swept (patterns can match unbounded names).
-const COOLDOWN_SWEEP_THRESHOLD: usize = 4096;
+/// Cooldown entries kept before the first sweep of expired ones (patterns can match unbounded
+/// names, so the map must be swept; the next sweep waits until it doubles, so sweeping stays
+/// amortized O(1) per dispatch even when every entry is still cooling down).
+const FIRST_COOLDOWN_SWEEP: usize = 4096;
 
 /// Why a matched anomaly was held back, as the `reason` of the suppressed answer and record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,14 +54,26 @@ pub struct Rails {
     state: Arc<Mutex<RailState>>,
 }
 
-#[derive(Default)]
 struct RailState {
     /// Anomaly name → when its cooldown ends.
     cooldown_until: HashMap<String, Instant>,
+    /// Size of `cooldown_until` at which expired entries are next swept.
+    next_cooldown_sweep: usize,
     /// Workflow name → runs in flight (exec and webhook workflows only).
     in_flight: HashMap<String, u32>,
     /// Workflow name → recent failures and whether the circuit is open.
     breakers: HashMap<String, BreakerState>,
+}
+
+impl Default for RailState {
+    fn default() -> Self {
+        RailState {
+            cooldown_until: HashMap::new(),
+            next_cooldown_sweep: FIRST_COOLDOWN_SWEEP,
+            in_flight: HashMap::new(),
+            breakers: HashMap::new(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -109,8 +123,10 @@ impl Rails {
             *running += 1;
         }
         if !reflex.cooldown.is_zero() {
-            if state.cooldown_until.len() >= COOLDOWN_SWEEP_THRESHOLD {
+            if state.cooldown_until.len() >= state.next_cooldown_sweep {
                 state.cooldown_until.retain(|_, until| now < *until);
+                state.next_cooldown_sweep =
+                    (state.cooldown_until.len() * 2).max(FIRST_COOLDOWN_SWEEP);
             }
             state
                 .cooldown_until
@@ -225,6 +241,30 @@ mod tests {
         assert!(rails.admit("a.y", &r, &w, now).is_ok());
         tokio::time::advance(Duration::from_secs(61)).await;
         assert!(rails.admit("a.x", &r, &w, Instant::now()).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_cooldowns_are_swept_and_live_ones_kept() {
+        let rails = Rails::default();
+        let (short, long) = (
+            reflex(Duration::from_secs(1)),
+            reflex(Duration::from_secs(3600)),
+        );
+        let w = exec_workflow(u32::MAX, None);
+        let now = Instant::now();
+        for i in 0..FIRST_COOLDOWN_SWEEP - 1 {
+            rails.admit(&format!("a.{i}"), &short, &w, now).unwrap();
+        }
+        rails.admit("a.kept", &long, &w, now).unwrap();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        rails.admit("a.new", &long, &w, Instant::now()).unwrap();
+        let state = rails.lock();
+        assert_eq!(
+            state.cooldown_until.len(),
+            2,
+            "only live entries survive the sweep"
+        );
+        assert_eq!(state.next_cooldown_sweep, FIRST_COOLDOWN_SWEEP);
     }
 
     #[tokio::test(start_paused = true)]

@@ -163,10 +163,10 @@ pub fn map_unchanged(log: &Logger, version: &str, trigger: Trigger) {
     metrics::global().map_unchanged();
 }
 
-/// ERRO `reflex map rejected`: an edit was invalid and the old map stays in force.
+/// ERRO `reflex map rejected`: an edit was invalid and the old map stays in force. Written once
+/// per bad content, while the reload metric counts every rejected attempt (see `reload`).
 pub fn map_rejected(log: &Logger, error: &str, kept_version: &str) {
     error!(log, "reflex map rejected"; "kept_version" => kept_version, "error" => error);
-    metrics::global().map_rejected();
 }
 
 /// WARN `reflex map missing`: the file is gone; the old map stays in force until it returns.
@@ -175,7 +175,11 @@ pub fn map_missing(log: &Logger, path: &Path, kept_version: &str) {
         "kept_version" => kept_version,
         "path" => %path.display(),
     );
-    metrics::global().map_rejected();
+}
+
+/// ERRO `cannot install signal handlers`: SIGTERM, SIGINT and SIGHUP will not be handled.
+pub fn signals_unavailable(log: &Logger) {
+    error!(log, "cannot install signal handlers"; "hint" => "stop the daemon with SIGKILL");
 }
 
 /// WARN `config watcher failed`: file-system events may be missed until it is re-created.

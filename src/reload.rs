@@ -25,6 +25,7 @@ use tokio::sync::oneshot;
 
 use crate::auth::TokenFile;
 use crate::config::{self, Action, ConfigError, ConfigErrors, ReflexMap};
+use crate::metrics;
 use crate::records::{self, Trigger};
 use crate::systemd::{self, Notifier};
 
@@ -375,6 +376,8 @@ impl Reloader {
         current: &LoadedMap,
     ) -> ReloadOutcome {
         let kept_version = current.version.clone();
+        // Every rejected attempt counts; the records below are written once per bad content.
+        metrics::global().map_rejected();
         if err.is_missing() {
             if !self.missing_reported {
                 records::map_missing(&self.log, &self.path, &kept_version);

@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::actions::Source;
-use crate::alertmanager::AlertReceiver;
+use crate::alertmanager::{AlertReceiver, AlertResult};
 use crate::auth::TokenFile;
 use crate::connections::ConnectionSlots;
 use crate::dispatch::{Anomaly, DispatchOutcome, Dispatcher};
@@ -264,12 +264,21 @@ async fn post_anomaly(
     let status = match outcome {
         DispatchOutcome::Dispatched { .. } => StatusCode::ACCEPTED,
         DispatchOutcome::Suppressed { .. } | DispatchOutcome::Unmatched => StatusCode::OK,
+        DispatchOutcome::ShuttingDown => return Err(shutting_down()),
     };
     Ok(json_response(status, &outcome.to_json(&name)))
 }
 
 /// Always 200 for Alertmanager's own payloads, whatever became of each alert: Alertmanager
 /// retries a 5xx, and a 4xx is for a body that is not its payload at all.
+/// The answer once shutdown has begun: 503, which monitors and Alertmanager retry.
+fn shutting_down() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the daemon is shutting down; send it again once it is back",
+    )
+}
+
 async fn post_alertmanager(
     state: &ServerState,
     request: Request<Incoming>,
@@ -279,6 +288,19 @@ async fn post_alertmanager(
         .alerts
         .receive(&body, &state.dispatcher, &state.log)
         .map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, message))?;
+    // Alertmanager re-sends on 5xx; what did run is remembered and answers `duplicate` then.
+    let stopped = results.iter().any(|result| {
+        matches!(
+            result,
+            AlertResult::Dispatched {
+                outcome: DispatchOutcome::ShuttingDown,
+                ..
+            }
+        )
+    });
+    if stopped {
+        return Err(shutting_down());
+    }
     let results: Vec<_> = results.iter().map(|result| result.to_json()).collect();
     Ok(json_response(
         StatusCode::OK,

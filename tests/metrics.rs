@@ -129,10 +129,15 @@ fn metrics_count_the_traffic_and_parse_as_prometheus_text() {
     map.write_by_rename("reflexes: [");
     daemon.wait_for_record("reflex map rejected", |_| true);
     let rejected = Scrape::of(&daemon);
+    let failures = rejected.value("autohealer_config_reloads_total", &[("result", "failure")]);
+    assert!(failures >= 1.0, "{failures}");
+    // Every rejected attempt counts, though the ERROR record is written once per bad content.
+    assert_eq!(daemon.request("POST", "/-/reload", &[], b"").status, 500);
     assert_eq!(
-        rejected.value("autohealer_config_reloads_total", &[("result", "failure")]),
-        1.0
+        Scrape::of(&daemon).value("autohealer_config_reloads_total", &[("result", "failure")]),
+        failures + 1.0
     );
+    assert_eq!(daemon.records_with("reflex map rejected").len(), 1);
     assert_eq!(
         rejected.value("autohealer_config_last_reload_successful", &[]),
         0.0
@@ -169,7 +174,7 @@ fn metrics_count_the_traffic_and_parse_as_prometheus_text() {
     );
     assert_eq!(
         after.value("autohealer_config_reloads_total", &[("result", "failure")]),
-        1.0
+        failures + 1.0
     );
     assert_eq!(
         after.value("autohealer_config_last_reload_successful", &[]),
