@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
 
-use crate::util::{free_port, request_bytes, send_raw, wait_until, Daemon, MapDir, Response};
+use crate::util::{request_bytes, send_raw, wait_until, Daemon, MapDir, Response};
 
 /// Set to make a missing Alertmanager fail the test instead of skipping it.
 const REQUIRE_ENV: &str = "AUTOHEALER_REQUIRE_ALERTMANAGER";
@@ -59,7 +59,12 @@ receivers:
             ),
         )
         .expect("write alertmanager.yml");
-        let addr = free_port();
+        // Alertmanager takes an address, not a socket: a port free a moment ago is the best we can
+        // hand it (a clash fails the start loudly, it cannot pass silently).
+        let addr = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+            probe.local_addr().expect("local addr")
+        };
         let log = std::fs::File::create(dir.path().join("alertmanager.log")).expect("create log");
         let child = Command::new(binary)
             .arg(format!("--config.file={}", config.display()))

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::util::{free_port, run_cli, Daemon, MapDir, Receiver, Reply};
+use crate::util::{run_cli, Daemon, MapDir, Receiver, Reply};
 
 const MAP: &str = "
 workflows:
@@ -79,7 +79,8 @@ fn send_of_a_rejected_anomaly_exits_1_with_the_daemons_reason() {
 
 #[test]
 fn send_to_a_daemon_that_is_down_exits_1_and_says_so() {
-    let addr = free_port();
+    // Port 1 (tcpmux) is privileged and served by nothing here: always refused.
+    let addr = "127.0.0.1:1";
     let (code, stdout, stderr) = run_cli(&["send", "a.b", "--url", &format!("http://{addr}")]);
     assert_eq!(code, 1);
     assert_eq!(stdout, "");

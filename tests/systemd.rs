@@ -2,9 +2,8 @@
 //! activation with a real passed listener, and the unit files as `systemd-analyze` sees them.
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -12,7 +11,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::time::{clock_gettime, ClockId};
 
-use crate::util::{add_daemon_args, binary, daemon_command, Daemon, MapDir, DEADLINE};
+use crate::util::{activated_command, binary, daemon_command, Daemon, MapDir, DEADLINE};
 
 const MAP: &str = "workflows:\n  one: {}\n  two: {}\nreflexes:\n  a: one\n  b: two\n";
 const BIGGER_MAP: &str =
@@ -184,38 +183,6 @@ fn notify_protocol_ready_reloading_watchdog_stopping() {
     );
 }
 
-/// Runs the daemon as systemd would after socket activation: `listener` as fd 3 (and as the
-/// following `fds - 1` descriptors too), `LISTEN_FDS` and `LISTEN_PID` naming the daemon's own
-/// pid (`exec` keeps the shell's).
-fn activated_command(config: &Path, listener: RawFd, fds: u32, args: &[&str]) -> Command {
-    let mut command = Command::new("/bin/sh");
-    command
-        .arg("-c")
-        .arg(format!(
-            "export LISTEN_PID=$$ LISTEN_FDS={fds}; exec \"$0\" \"$@\""
-        ))
-        .arg(binary());
-    add_daemon_args(&mut command, config, args);
-    // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl) are made.
-    unsafe {
-        command.pre_exec(move || {
-            for target in 3..3 + fds as RawFd {
-                let result = if listener == target {
-                    // dup2 onto itself would leave close-on-exec set.
-                    libc::fcntl(target, libc::F_SETFD, 0)
-                } else {
-                    libc::dup2(listener, target)
-                };
-                if result < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    command
-}
-
 #[test]
 fn serves_on_the_socket_systemd_passes() {
     let map = MapDir::new(MAP);
@@ -284,6 +251,11 @@ fn systemd_analyze() -> Option<PathBuf> {
         .map(|dir| dir.join("systemd-analyze"))
         .find(|candidate| candidate.is_file());
     if found.is_none() {
+        // CI installs systemd-analyze and sets this, so there the test cannot pass by skipping.
+        assert!(
+            std::env::var_os("AUTOHEALER_REQUIRE_SYSTEMD_ANALYZE").is_none(),
+            "AUTOHEALER_REQUIRE_SYSTEMD_ANALYZE is set but systemd-analyze is not on PATH"
+        );
         // Straight to stderr: the test harness captures eprintln! of passing tests.
         let _ = writeln!(
             std::io::stderr(),

@@ -5,6 +5,8 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -152,11 +154,25 @@ pub fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)], body: &
     bytes
 }
 
-/// A running daemon, killed on drop.
+/// A running daemon, stopped on drop.
 pub struct Daemon {
     child: Child,
     pub addr: SocketAddr,
     lines: Arc<Mutex<Vec<String>>>,
+    /// The thread reading stderr; it ends at EOF, once the daemon has exited.
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The daemon's stderr as it is read: the lines so far and the thread reading them.
+struct Stderr {
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+/// Waits (bounded) until the stderr reader reached EOF, so every line the process wrote is in.
+fn finish_reading(reader: std::thread::JoinHandle<()>) {
+    wait_until("stderr to reach its end", || reader.is_finished());
+    let _ = reader.join();
 }
 
 /// The daemon's command line: `config`, JSON logs, then `args`; stderr piped for `launch`.
@@ -179,30 +195,56 @@ pub fn add_daemon_args(command: &mut Command, config: &Path, args: &[&str]) {
 }
 
 /// Spawns the daemon with JSON logs and a thread collecting its stderr lines.
-fn spawn(config: &Path, args: &[&str]) -> (Child, Arc<Mutex<Vec<String>>>) {
+fn spawn(config: &Path, args: &[&str]) -> (Child, Stderr) {
     spawn_command(daemon_command(config, args))
 }
 
 /// Spawns `command` (stderr piped) and a thread collecting its stderr lines.
-fn spawn_command(mut command: Command) -> (Child, Arc<Mutex<Vec<String>>>) {
+fn spawn_command(mut command: Command) -> (Child, Stderr) {
     let mut child = command.spawn().expect("spawn autohealer");
     let stderr = child.stderr.take().expect("stderr is piped");
     let lines = Arc::new(Mutex::new(Vec::new()));
-    {
+    let reader = {
         let lines = lines.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 lines.lock().unwrap().push(line);
             }
-        });
-    }
-    (child, lines)
+        })
+    };
+    (child, Stderr { lines, reader })
 }
 
-/// A loopback address with a port that was free a moment ago.
-pub fn free_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local addr")
+/// Runs the daemon as systemd would after socket activation: `listener` as fd 3 (and as the
+/// following `fds - 1` descriptors too), `LISTEN_FDS` and `LISTEN_PID` naming the daemon's own
+/// pid (`exec` keeps the shell's).
+pub fn activated_command(config: &Path, listener: RawFd, fds: u32, args: &[&str]) -> Command {
+    let mut command = Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg(format!(
+            "export LISTEN_PID=$$ LISTEN_FDS={fds}; exec \"$0\" \"$@\""
+        ))
+        .arg(binary());
+    add_daemon_args(&mut command, config, args);
+    // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl) are made.
+    unsafe {
+        command.pre_exec(move || {
+            for target in 3..3 + fds as RawFd {
+                let result = if listener == target {
+                    // dup2 onto itself would leave close-on-exec set.
+                    libc::fcntl(target, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(listener, target)
+                };
+                if result < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    command
 }
 
 /// How the daemon exited before it was ready, for startup-failure tests.
@@ -238,7 +280,7 @@ impl Daemon {
 
     /// Like `launch`, but returns how the daemon exited if it never became ready.
     pub fn try_launch(command: Command) -> Result<Daemon, StartFailure> {
-        let (mut child, lines) = spawn_command(command);
+        let (mut child, Stderr { lines, reader }) = spawn_command(command);
         let start = Instant::now();
         loop {
             let listening = lines.lock().unwrap().iter().find_map(|line| {
@@ -246,11 +288,15 @@ impl Daemon {
                 (record["msg"] == "listening").then(|| record["addr"].as_str()?.parse().ok())?
             });
             if let Some(addr) = listening {
-                return Ok(Daemon { child, addr, lines });
+                return Ok(Daemon {
+                    child,
+                    addr,
+                    lines,
+                    reader: Some(reader),
+                });
             }
             if let Ok(Some(status)) = child.try_wait() {
-                // Let the reader thread collect the last lines.
-                std::thread::sleep(Duration::from_millis(50));
+                finish_reading(reader);
                 let stderr = lines.lock().unwrap().join("\n");
                 return Err(StartFailure { status, stderr });
             }
@@ -262,14 +308,21 @@ impl Daemon {
         }
     }
 
-    /// Starts the daemon on a given loopback address and waits until it answers `/healthz`;
-    /// for runs whose log level hides the `listening` record.
-    pub fn start_at(config: &Path, addr: SocketAddr, extra: &[&str]) -> Daemon {
-        let addr_arg = addr.to_string();
-        let mut args = vec!["--listen", addr_arg.as_str()];
-        args.extend_from_slice(extra);
-        let (child, lines) = spawn(config, &args);
-        let daemon = Daemon { child, addr, lines };
+    /// Starts the daemon on a listener the test bound itself (passed as systemd would), and
+    /// waits until it answers `/healthz`: for runs whose log level hides the `listening` record.
+    /// The port is never released between the test choosing it and the daemon serving it.
+    pub fn start_quiet(config: &Path, extra: &[&str]) -> Daemon {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+        let addr = listener.local_addr().expect("local addr");
+        let command = activated_command(config, listener.as_raw_fd(), 1, extra);
+        let (child, Stderr { lines, reader }) = spawn_command(command);
+        drop(listener); // the daemon holds its own copy as fd 3
+        let daemon = Daemon {
+            child,
+            addr,
+            lines,
+            reader: Some(reader),
+        };
         wait_until("the daemon to answer /healthz", || {
             send_raw(addr, &request_bytes("GET", "/healthz", &[], b""))
                 .is_ok_and(|r| r.status == 200)
@@ -382,24 +435,40 @@ impl Daemon {
             status = self.child.try_wait().expect("try_wait");
             status.is_some()
         });
-        // Let the reader thread drain the last lines.
-        let lines = self.lines.clone();
-        let mut last_len = usize::MAX;
-        wait_until("stderr to settle", || {
-            std::thread::sleep(Duration::from_millis(20));
-            let len = lines.lock().unwrap().len();
-            let settled = len == last_len;
-            last_len = len;
-            settled
-        });
+        if let Some(reader) = self.reader.take() {
+            finish_reading(reader);
+        }
         status.unwrap()
     }
 }
 
 impl Drop for Daemon {
+    /// SIGTERM first, so the daemon kills the process groups of any actions still running (tests
+    /// with long actions pass a short `--shutdown-timeout`); SIGKILL if it has not exited soon.
     fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(3) {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A child process killed when the test ends, however it ends.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
