@@ -63,7 +63,13 @@ impl From<anyhow::Error> for AppError {
 pub fn run(args: RunArgs, log: Logger, host: HostEnv) -> Result<(), AppError> {
     let initial = reload::load(&args.config, 1).map_err(AppError::Config)?;
     let token = match &args.token_file {
-        Some(path) => Some(Arc::new(TokenFile::load(path).map_err(AppError::Token)?)),
+        Some(path) => {
+            let token = TokenFile::load(path).map_err(AppError::Token)?;
+            if let Some(mode) = token.readable_by_others() {
+                records::token_file_exposed(&log, path, mode);
+            }
+            Some(Arc::new(token))
+        }
         None => None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -69,6 +69,13 @@ impl TokenFile {
         })
     }
 
+    /// The file's mode when group or others may read it: the token should be the daemon's alone.
+    pub fn readable_by_others(&self) -> Option<u32> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&self.path).ok()?.permissions().mode() & 0o7777;
+        (mode & 0o044 != 0).then_some(mode)
+    }
+
     /// Re-reads the file; on failure the old token stays in force and the failure is logged.
     pub fn reload(&self, log: &Logger) {
         let mut last_error = self

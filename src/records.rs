@@ -207,6 +207,15 @@ pub fn token_loaded(log: &Logger, path: &Path) {
     info!(log, "token file loaded"; "path" => %path.display());
 }
 
+/// WARN `token file readable by others`: anyone who can read it can call the API.
+pub fn token_file_exposed(log: &Logger, path: &Path, mode: u32) {
+    warn!(log, "token file readable by others";
+        "hint" => format!("chmod go-r {}", path.display()),
+        "mode" => format!("{mode:04o}"),
+        "path" => %path.display(),
+    );
+}
+
 /// ERRO `token file rejected`: a reload could not read the token; the old one stays in force.
 pub fn token_rejected(log: &Logger, error: &str) {
     error!(log, "token file rejected"; "error" => error);

@@ -15,8 +15,24 @@ const MAP: &str = "workflows:\n  page: {}\nreflexes:\n  disk.full: page\n";
 /// A map directory with a token file `token` beside `map.yml`.
 fn with_token(token: &str) -> MapDir {
     let map = MapDir::new(MAP);
-    std::fs::write(map.file("token"), token).unwrap();
+    crate::util::write_private(&map.file("token"), token);
     map
+}
+
+#[test]
+fn a_token_file_others_can_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let map = with_token("s3cret\n");
+    let daemon = start_with_token(&map);
+    assert!(daemon
+        .records_with("token file readable by others")
+        .is_empty());
+    drop(daemon);
+    std::fs::set_permissions(map.file("token"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let daemon = start_with_token(&map);
+    let warning = daemon.wait_for_record("token file readable by others", |_| true);
+    assert_eq!(warning["level"], "WARN");
+    assert_eq!(warning["mode"], "0644");
 }
 
 fn start_with_token(map: &MapDir) -> Daemon {
