@@ -173,7 +173,17 @@ pub fn median(values: &mut [f64]) -> f64 {
     }
 }
 
-/// A command's first line of output, or `unknown`.
+/// A command's standard output, if it ran and succeeded.
+pub fn command_output(program: &str, args: &[&str]) -> Option<String> {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// A command's first line of output (stdout, else stderr), or `unknown`.
 pub fn first_line_of(program: &str, args: &[&str]) -> String {
     Command::new(program)
         .args(args)

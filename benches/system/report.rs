@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use anyhow::{Context, Result};
 
-use crate::load::first_line_of;
+use crate::load::{command_output, first_line_of};
 
 /// Whether a figure reaches its goal. Never an error: the benchmark only reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +16,9 @@ pub enum Verdict {
     Missed,
     /// No goal: shown for context.
     Info,
+    /// The reference did not use the CPU it had, so the client, not the server, set the pace
+    /// (a busy machine); the ratio says little. The per-CPU-second ratio still holds.
+    ClientBound,
 }
 
 impl Verdict {
@@ -32,6 +35,7 @@ impl Verdict {
             Verdict::Met => "met",
             Verdict::Missed => "MISSED",
             Verdict::Info => "",
+            Verdict::ClientBound => "UNRELIABLE (client-bound)",
         }
     }
 }
@@ -86,7 +90,16 @@ impl Report {
             row.goal,
             row.verdict.as_str()
         );
+        let client_bound = row.verdict == Verdict::ClientBound;
         self.rows.push(row);
+        if client_bound {
+            self.note(
+                "UNRELIABLE (client-bound): the reference server did not keep its CPU busy, so \
+                 wrk, starved by other load on the machine, set the pace of both servers and \
+                 the requests/s ratio flatters the slower one; read the requests-per-CPU-second \
+                 ratio instead, or re-run on a quiet machine",
+            );
+        }
     }
 
     pub fn note(&mut self, note: impl Into<String>) {
@@ -157,7 +170,8 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub fn describe(load_at_start: &str) -> Machine {
+    /// `nproc` is read before the benchmark pins itself to one CPU.
+    pub fn describe(nproc: usize, load_at_start: &str) -> Machine {
         let now = SystemTime::now();
         let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
@@ -167,14 +181,12 @@ impl Machine {
                     .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
             })
             .unwrap_or_else(|| "unknown".into());
-        let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "unknown".into());
         let commit = first_line_of("git", &["rev-parse", "--short", "HEAD"]);
-        let dirty = !first_line_of("git", &["status", "--porcelain", "--untracked-files=no"])
-            .trim()
-            .is_empty();
+        let dirty = command_output("git", &["status", "--porcelain", "--untracked-files=no"])
+            .is_some_and(|status| !status.trim().is_empty());
         Machine {
             date: humantime::format_rfc3339_seconds(now).to_string(),
             facts: vec![
