@@ -92,7 +92,7 @@ impl Report {
         );
         let client_bound = row.verdict == Verdict::ClientBound;
         self.rows.push(row);
-        if client_bound {
+        if client_bound && !self.notes.iter().any(|n| n.starts_with("UNRELIABLE")) {
             self.note(
                 "UNRELIABLE (client-bound): the reference server did not keep its CPU busy, so \
                  wrk, starved by other load on the machine, set the pace of both servers and \
