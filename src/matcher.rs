@@ -1,4 +1,4 @@
-//! Anomaly-name matching: exact names in a hash map, patterns in one compiled set.
+//! Anomaly-name matching: exact names in a hash map, patterns in one compiled multi-pattern regex.
 //!
 //! Built once per map load, never per request (SPEC §3 "Matching"): an exact name wins over
 //! patterns; otherwise the first pattern in file order that matches. In patterns `*` matches any
@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use regex::RegexSet;
+use regex_automata::meta::Regex;
 
 /// Longest anomaly name or reflex key accepted, in characters (SPEC §2).
 pub const MAX_NAME_CHARS: usize = 256;
@@ -90,8 +90,13 @@ impl fmt::Display for Pattern {
 #[derive(Debug)]
 pub struct Matcher {
     exact: HashMap<Box<str>, usize>,
-    /// One regex per pattern, in file order; `pattern_reflex[i]` is the reflex of pattern `i`.
-    patterns: RegexSet,
+    /// Every pattern in one regex, pattern `i` being the `i`-th in file order, whose reflex is
+    /// `pattern_reflex[i]`. Each pattern is anchored at both ends, so a match spans the whole
+    /// name, and leftmost-first semantics answer with the lowest-numbered pattern that matches:
+    /// the first in file order. That is one search which stops at the answer; a `RegexSet`
+    /// looked for every matching pattern, about 9,000 instructions a lookup with 1,000 patterns
+    /// (issue 5).
+    patterns: Regex,
     pattern_reflex: Vec<usize>,
 }
 
@@ -109,7 +114,7 @@ impl Matcher {
             .into_iter()
             .map(|(pattern, index)| (pattern.regex, index))
             .unzip();
-        let patterns = RegexSet::new(&regexes)
+        let patterns = Regex::new_many(&regexes)
             .map_err(|err| format!("the reflex patterns do not compile: {err}"))?;
         Ok(Matcher {
             exact,
@@ -126,12 +131,9 @@ impl Matcher {
         if self.pattern_reflex.is_empty() {
             return None;
         }
-        // SetMatches iterates in ascending pattern order, so the first hit is the first in the file.
         self.patterns
-            .matches(name)
-            .iter()
-            .next()
-            .map(|i| self.pattern_reflex[i])
+            .find(name)
+            .map(|hit| self.pattern_reflex[hit.pattern().as_usize()])
     }
 }
 
@@ -193,6 +195,18 @@ mod tests {
         let m = matcher(&[], &["a.**", "a.*", "**"]);
         assert_eq!(m.find("a.b"), Some(0));
         assert_eq!(m.find("zzz"), Some(2));
+    }
+
+    #[test]
+    fn the_first_matching_pattern_wins_whatever_the_others_match() {
+        // Longer and shorter matches of later patterns never win over an earlier pattern.
+        let m = matcher(&[], &["a*b", "a*", "a?.**", "**"]);
+        assert_eq!(m.find("ab"), Some(0));
+        assert_eq!(m.find("ac"), Some(1));
+        assert_eq!(m.find("ab.c"), Some(2));
+        assert_eq!(m.find("abc.d"), Some(3));
+        let m = matcher(&[], &["**", "a*b"]);
+        assert_eq!(m.find("ab"), Some(0));
     }
 
     #[test]

@@ -55,6 +55,10 @@ pub struct ServerState {
     pub alerts: AlertReceiver,
 }
 
+/// The default of `--header-read-timeout` (SPEC §6: a client that has not sent its whole header
+/// within 10 s is disconnected); the benchmark's reference server uses it too.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 type HttpResponse = Response<Full<Bytes>>;
 
 /// A failed request: its status, the message for the client, and a header some statuses need

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# AutoHealer's benchmarks in one command (see docs/performance.md):
+#   1. installs wrk (Debian package) when it is missing;
+#   2. runs the criterion micro-benchmarks (`cargo bench --bench micro`) with short timings;
+#   3. runs the system benchmark (`cargo bench --bench system`) on the release build, which
+#      prints a table and writes bench/results/<date>.md, micro figures included.
+# It never fails because a goal was missed; it fails only if the harness itself cannot run.
+# Environment (all optional): BENCH_SECS, BENCH_ROUNDS, BENCH_ONLY, BENCH_NOTE, ... (listed in
+# docs/performance.md); BENCH_MICRO_SECS and BENCH_MICRO_WARMUP_SECS for criterion.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v wrk >/dev/null 2>&1; then
+    echo "== installing wrk"
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && apt-get install -y -qq wrk
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo apt-get update -qq && sudo apt-get install -y -qq wrk
+    else
+        echo "bench/run.sh: wrk is missing and cannot be installed without root: apt-get install wrk" >&2
+        exit 1
+    fi
+fi
+
+# Only criterion results written from now on go into this run's results file.
+BENCH_SINCE=$(date +%s)
+export BENCH_SINCE
+
+only=",${BENCH_ONLY:-micro},"
+if [[ "$only" == *,micro,* ]]; then
+    echo "== cargo bench --bench micro"
+    cargo bench --bench micro
+fi
+echo "== cargo bench --bench system"
+cargo bench --bench system

@@ -1,0 +1,275 @@
+//! Criterion micro-benchmarks of the functions every `POST /anomaly` runs: matching, request
+//! parsing, record formatting, and the whole dispatch. Each group has a `reference…` entry
+//! (plain std / serde_json work of the same shape) that the system benchmark's report divides
+//! by. Run with `cargo bench --bench micro` (bench/run.sh does, with short timings);
+//! `BENCH_MICRO_WARMUP_SECS` and `BENCH_MICRO_SECS` set criterion's times.
+
+#[path = "support/mapgen.rs"]
+mod mapgen;
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use criterion::{criterion_group, criterion_main, Criterion};
+use serde::Serialize;
+use slog::{o, Drain, Logger};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use autohealer::actions::{ActionRun, Source};
+use autohealer::config::{self, ReflexMap};
+use autohealer::dispatch::{Anomaly, Dispatcher};
+use autohealer::logging::RecordWriter;
+use autohealer::records;
+use autohealer::reload;
+
+/// The scale map's size, as in the system benchmark and SPEC §7.
+const SCALE_EXACT: usize = 100_000;
+const SCALE_PATTERNS: usize = 1_000;
+
+fn compile(text: &str) -> ReflexMap {
+    config::compile(Path::new("bench.yml"), text)
+        .unwrap_or_else(|err| panic!("the generated map does not compile: {err}"))
+}
+
+fn small_map() -> &'static ReflexMap {
+    static MAP: OnceLock<ReflexMap> = OnceLock::new();
+    MAP.get_or_init(|| compile(&mapgen::throughput_map()))
+}
+
+fn scale_map() -> &'static ReflexMap {
+    static MAP: OnceLock<ReflexMap> = OnceLock::new();
+    MAP.get_or_init(|| compile(&mapgen::scale_map(SCALE_EXACT, SCALE_PATTERNS)))
+}
+
+/// A logger that formats JSON records synchronously, as the daemon's log thread does, into a
+/// writer that throws the bytes away (through the daemon's `RecordWriter`).
+fn json_sink_logger() -> Logger {
+    let json = slog_json::Json::new(RecordWriter::new(io::sink()))
+        .add_default_keys()
+        .build();
+    Logger::root(Mutex::new(json).fuse(), o!())
+}
+
+fn matching(c: &mut Criterion) {
+    let mut group = c.benchmark_group("match");
+    let small = small_map();
+    let scale = scale_map();
+    let cases: [(&str, &ReflexMap, String); 6] = [
+        (
+            "small map, exact",
+            small,
+            mapgen::THROUGHPUT_NAME.to_string(),
+        ),
+        ("small map, pattern", small, "nginx.web1.down".to_string()),
+        ("small map, miss", small, "miss.m1.latency.high".to_string()),
+        ("100k map, exact", scale, mapgen::exact_name(54_321)),
+        ("100k map, pattern", scale, mapgen::pattern_hit(777, 3)),
+        ("100k map, miss", scale, mapgen::miss_name(4242)),
+    ];
+    for (label, map, name) in &cases {
+        group.bench_function(*label, |b| b.iter(|| map.lookup(black_box(name)).is_some()));
+    }
+    // The system benchmark's request mix (exact names, pattern hits, misses), one name per
+    // call, against the scale map and its one-reflex baseline.
+    let mix = mapgen::mixed_names(SCALE_EXACT, SCALE_PATTERNS, 3000);
+    let baseline = compile(&mapgen::one_reflex_map());
+    for (label, map) in [
+        ("100k map, 3000-name mix", scale),
+        ("one-reflex map, 3000-name mix", &baseline),
+    ] {
+        let mut next = 0;
+        group.bench_function(label, |b| {
+            b.iter(|| {
+                next = (next + 1) % mix.len();
+                map.lookup(black_box(&mix[next])).is_some()
+            })
+        });
+    }
+    // The floor for an exact name: one std HashMap lookup in a table of the same size.
+    let table: HashMap<String, usize> = (0..SCALE_EXACT)
+        .map(|i| (mapgen::exact_name(i), i))
+        .collect();
+    let name = mapgen::exact_name(54_321);
+    group.bench_function("reference: std HashMap get, 100k", |b| {
+        b.iter(|| table.get(black_box(name.as_str())).copied())
+    });
+    group.finish();
+}
+
+fn parsing(c: &mut Criterion) {
+    let mut group = c.benchmark_group("parse");
+    let body = mapgen::anomaly_body("api_latency.coinbase.high");
+    group.bench_function("Anomaly::from_json", |b| {
+        b.iter(|| Anomaly::from_json(black_box(body.as_bytes())).map(|a| a.name.len()))
+    });
+    group.bench_function("reference: serde_json Value", |b| {
+        b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(body.as_bytes())).is_ok())
+    });
+    group.finish();
+}
+
+fn sample_run(map: &ReflexMap) -> ActionRun {
+    let anomaly = Anomaly::from_json(mapgen::anomaly_body(mapgen::THROUGHPUT_NAME).as_bytes())
+        .unwrap_or_else(|err| panic!("sample body: {err}"));
+    let (reflex, workflow) = map
+        .lookup(&anomaly.name)
+        .unwrap_or_else(|| panic!("the small map has no reflex for {}", anomaly.name));
+    ActionRun {
+        action_id: uuid::Uuid::now_v7().to_string(),
+        anomaly: anomaly.name,
+        workflow: workflow.clone(),
+        details: Arc::new(anomaly.details),
+        params: reflex.params.clone(),
+        source: Source::Http,
+        map_version: Arc::from("0123456789ab"),
+        dry_run: false,
+        received_at: SystemTime::now(),
+    }
+}
+
+/// The triggered record's keys as a plain struct: what serde_json alone costs for them.
+#[derive(Serialize)]
+struct TriggeredLine<'a> {
+    msg: &'static str,
+    level: &'static str,
+    ts: String,
+    action_id: &'a str,
+    anomaly: &'a str,
+    workflow: &'a str,
+    action: &'static str,
+    source: &'static str,
+    map_version: &'a str,
+    details: &'a serde_json::Map<String, serde_json::Value>,
+    params: &'a serde_json::Map<String, serde_json::Value>,
+    dry_run: bool,
+}
+
+fn record_formatting(c: &mut Criterion) {
+    let mut group = c.benchmark_group("record");
+    let run = sample_run(small_map());
+    let sync_log = json_sink_logger();
+    group.bench_function("healing action triggered, slog-json", |b| {
+        b.iter(|| records::action_triggered(&sync_log, black_box(&run)))
+    });
+    // What a request thread pays in the daemon: the record is made owned and queued; the
+    // formatting above happens on the log thread.
+    let (async_drain, guard) = slog_async::Async::new(
+        slog_json::Json::new(RecordWriter::new(io::sink()))
+            .add_default_keys()
+            .build()
+            .fuse(),
+    )
+    .chan_size(4096)
+    .overflow_strategy(slog_async::OverflowStrategy::Block)
+    .build_with_guard();
+    let async_log = Logger::root(async_drain.fuse(), o!());
+    group.bench_function("healing action triggered, slog-async caller", |b| {
+        b.iter(|| records::action_triggered(&async_log, black_box(&run)))
+    });
+    drop(async_log);
+    drop(guard);
+    let mut out = Vec::with_capacity(1024);
+    group.bench_function("reference: serde_json of the same keys", |b| {
+        b.iter(|| {
+            out.clear();
+            let line = TriggeredLine {
+                msg: "healing action triggered",
+                level: "CRIT",
+                ts: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+                action_id: &run.action_id,
+                anomaly: &run.anomaly,
+                workflow: &run.workflow.name,
+                action: run.workflow.action.kind(),
+                source: run.source.as_str(),
+                map_version: &run.map_version,
+                details: &run.details,
+                params: &run.params,
+                dry_run: run.dry_run,
+            };
+            serde_json::to_writer(&mut out, black_box(&line)).map_err(io::Error::from)?;
+            out.push(b'\n');
+            io::sink().write_all(&out)
+        })
+    });
+    group.finish();
+}
+
+/// A dispatcher on `text` (written to a temp file and loaded as the daemon loads it), logging
+/// synchronously to a sink.
+fn dispatcher(dir: &Path, name: &str, text: &str) -> Dispatcher {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap_or_else(|err| panic!("write {}: {err}", path.display()));
+    let loaded = reload::load(&path, 1).unwrap_or_else(|err| panic!("load: {err}"));
+    Dispatcher::new(
+        Arc::new(ArcSwap::from_pointee(loaded)),
+        json_sink_logger(),
+        TaskTracker::new(),
+        CancellationToken::new(),
+        false,
+    )
+}
+
+fn dispatching(c: &mut Criterion) {
+    let mut group = c.benchmark_group("dispatch");
+    let dir = tempfile::tempdir().unwrap_or_else(|err| panic!("temp dir: {err}"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|err| panic!("runtime: {err}"));
+    let cases = [
+        (
+            "reference: parse + dispatch, small map",
+            dispatcher(dir.path(), "small.yml", &mapgen::throughput_map()),
+            mapgen::anomaly_body(mapgen::THROUGHPUT_NAME),
+        ),
+        (
+            "parse + dispatch, 100k map, exact",
+            dispatcher(
+                dir.path(),
+                "scale.yml",
+                &mapgen::scale_map(SCALE_EXACT, SCALE_PATTERNS),
+            ),
+            mapgen::anomaly_body(&mapgen::exact_name(54_321)),
+        ),
+    ];
+    for (label, dispatcher, body) in &cases {
+        group.bench_function(*label, |b| {
+            b.iter(|| {
+                runtime.block_on(async {
+                    let anomaly = Anomaly::from_json(body.as_bytes())
+                        .unwrap_or_else(|err| panic!("body: {err}"));
+                    let outcome = dispatcher.dispatch(anomaly, Source::Http);
+                    // Let the spawned log-only action run and write its finished record.
+                    tokio::task::yield_now().await;
+                    outcome
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+fn config() -> Criterion {
+    let secs = |name: &str, default: f64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(Duration::from_secs_f64(default), Duration::from_secs_f64)
+    };
+    Criterion::default()
+        .warm_up_time(secs("BENCH_MICRO_WARMUP_SECS", 1.0))
+        .measurement_time(secs("BENCH_MICRO_SECS", 3.0))
+}
+
+criterion_group! {
+    name = micro;
+    config = config();
+    targets = matching, parsing, record_formatting, dispatching
+}
+criterion_main!(micro);

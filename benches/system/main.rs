@@ -1,0 +1,939 @@
+//! The system benchmark of SPEC §7: the release daemon, driven over loopback by wrk, against a
+//! reference measured in the same run. Run it with `bench/run.sh` (which installs wrk and also
+//! runs the micro-benchmarks) or `cargo bench --bench system`.
+//!
+//! Sections (`BENCH_ONLY=throughput,reload,scale,micro` picks some):
+//! - throughput and memory: `POST /anomaly` to a log-only workflow with JSON logs written to a
+//!   file, against a bare hyper server (`reference.rs`); resident memory idle and under load.
+//! - reload: rename → first request that sees the new map, against an in-process notify
+//!   watcher's rename → event; then the map replaced every 10 ms under load.
+//! - scale: a map of 100,000 exact names and 1,000 patterns, its load time against a plain
+//!   YAML parse of the same file, and its dispatch rate against a one-reflex map.
+//! - micro: criterion's latest results, if `cargo bench --bench micro` ran first.
+//!
+//! It never fails on a missed goal: it prints a table and writes `bench/results/<date>.md`.
+//! Every knob is an environment variable (see `Settings`), so a trial run can be short.
+
+mod client;
+mod load;
+mod procs;
+mod reference;
+mod report;
+
+#[path = "../support/mapgen.rs"]
+mod mapgen;
+
+use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use client::Client;
+use load::{median, LoadRun, Wrk};
+use procs::{Pinning, Server};
+use report::{mib, ms, ratio, Machine, Report, Verdict};
+
+/// Run this binary with this flag to get the reference server instead of the benchmark.
+const REFERENCE_FLAG: &str = "--reference-server";
+
+/// How long one reload may take to be seen before it counts as missed.
+const RELOAD_SEEN_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Pause between two timed reloads, so that each gets its own debounce window.
+const RELOAD_GAP: Duration = Duration::from_millis(25);
+
+/// How often the map is replaced under load (SPEC §7).
+const REPLACE_EVERY: Duration = Duration::from_millis(10);
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(REFERENCE_FLAG) {
+        return reference::main();
+    }
+    // `cargo bench` passes --bench; `cargo test --all-targets` does not, and must not spend
+    // minutes driving load.
+    if !args.iter().any(|a| a == "--bench") {
+        println!("system benchmark: run it with `cargo bench --bench system` or bench/run.sh");
+        return ExitCode::SUCCESS;
+    }
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("system benchmark failed: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What the environment asks for; every duration is short by default so a run takes minutes.
+#[derive(Debug, Clone)]
+struct Settings {
+    /// `BENCH_SECS`: length of each measured wrk run.
+    secs: f64,
+    /// `BENCH_WARMUP_SECS`: one unmeasured run per server first.
+    warmup_secs: f64,
+    /// `BENCH_ROUNDS`: measured runs per server, alternating daemon and reference.
+    rounds: usize,
+    /// `BENCH_CONNECTIONS` and `BENCH_WRK_THREADS`.
+    connections: usize,
+    wrk_threads: usize,
+    /// `BENCH_RELOADS`: timed reloads.
+    reloads: usize,
+    /// `BENCH_RELOAD_LOAD_SECS`: length of the run with the map replaced every 10 ms.
+    reload_load_secs: f64,
+    /// `BENCH_SCALE_EXACT`, `BENCH_SCALE_PATTERNS`: size of the scale map.
+    scale_exact: usize,
+    scale_patterns: usize,
+    /// `BENCH_LOAD_REPS`: in-process loads of the scale map.
+    load_reps: usize,
+    /// `BENCH_IDLE_SETTLE_MS`: wait before reading idle memory.
+    idle_settle: Duration,
+    /// `BENCH_PIN` (default 1): pin server and client to different CPUs.
+    pin: bool,
+    /// `BENCH_ONLY`: comma-separated sections to run.
+    only: Option<HashSet<String>>,
+    /// `BENCH_RESULTS`: where to write the results file.
+    results: Option<PathBuf>,
+    /// `BENCH_NOTE`: a line put at the top of the results file (e.g. "busy machine").
+    note: Option<String>,
+    /// `BENCH_SINCE`: Unix time; criterion results older than this are left out.
+    since: Option<SystemTime>,
+    /// `BENCH_KEEP=1`: keep the scratch directory (maps, daemon logs) for inspection.
+    keep: bool,
+}
+
+fn env_parse<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
+    match std::env::var(name) {
+        Ok(value) if !value.trim().is_empty() => value
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("{name}={value:?} is not a valid value")),
+        _ => Ok(default),
+    }
+}
+
+impl Settings {
+    fn from_env() -> Result<Settings> {
+        let non_empty = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        Ok(Settings {
+            secs: env_parse("BENCH_SECS", 5.0)?,
+            warmup_secs: env_parse("BENCH_WARMUP_SECS", 1.0)?,
+            rounds: env_parse("BENCH_ROUNDS", 3usize)?.max(1),
+            connections: env_parse("BENCH_CONNECTIONS", 16usize)?.max(1),
+            wrk_threads: env_parse("BENCH_WRK_THREADS", 1usize)?.max(1),
+            reloads: env_parse("BENCH_RELOADS", 60usize)?.max(1),
+            reload_load_secs: env_parse("BENCH_RELOAD_LOAD_SECS", 5.0)?,
+            scale_exact: env_parse("BENCH_SCALE_EXACT", 100_000usize)?,
+            scale_patterns: env_parse("BENCH_SCALE_PATTERNS", 1_000usize)?,
+            load_reps: env_parse("BENCH_LOAD_REPS", 5usize)?.max(1),
+            idle_settle: Duration::from_millis(env_parse("BENCH_IDLE_SETTLE_MS", 1000u64)?),
+            pin: env_parse("BENCH_PIN", 1u8)? != 0,
+            only: non_empty("BENCH_ONLY")
+                .map(|v| v.split(',').map(|s| s.trim().to_string()).collect()),
+            results: non_empty("BENCH_RESULTS").map(PathBuf::from),
+            note: non_empty("BENCH_NOTE"),
+            since: match non_empty("BENCH_SINCE") {
+                Some(v) => Some(
+                    SystemTime::UNIX_EPOCH
+                        + Duration::from_secs(
+                            v.parse()
+                                .map_err(|_| anyhow!("BENCH_SINCE={v:?} is not a Unix time"))?,
+                        ),
+                ),
+                None => None,
+            },
+            keep: env_parse("BENCH_KEEP", 0u8)? != 0,
+        })
+    }
+
+    fn wants(&self, section: &str) -> bool {
+        self.only.as_ref().is_none_or(|only| only.contains(section))
+    }
+
+    fn describe(&self, pinning: &Option<Pinning>) -> String {
+        let pin = match pinning {
+            Some(p) => format!(
+                "server on CPU {}, wrk and harness on CPU {}",
+                p.server_cpu, p.client_cpu
+            ),
+            None => "no pinning".to_string(),
+        };
+        format!(
+            "BENCH_SECS={} BENCH_WARMUP_SECS={} BENCH_ROUNDS={} BENCH_CONNECTIONS={} \
+             BENCH_WRK_THREADS={} BENCH_RELOADS={} BENCH_RELOAD_LOAD_SECS={} \
+             BENCH_SCALE_EXACT={} BENCH_SCALE_PATTERNS={}; {pin}",
+            self.secs,
+            self.warmup_secs,
+            self.rounds,
+            self.connections,
+            self.wrk_threads,
+            self.reloads,
+            self.reload_load_secs,
+            self.scale_exact,
+            self.scale_patterns
+        )
+    }
+}
+
+/// What every section needs.
+struct Bench {
+    settings: Settings,
+    pinning: Option<Pinning>,
+    wrk: Wrk,
+    /// CPUs a server may use: 1 when pinned.
+    server_cores: f64,
+    daemon_binary: PathBuf,
+    scratch: PathBuf,
+}
+
+impl Bench {
+    fn server_cpu(&self) -> Option<usize> {
+        self.pinning.as_ref().map(|p| p.server_cpu)
+    }
+
+    /// Starts the daemon on `map`, its log in `logs/`. Maps and logs live in different
+    /// directories: the daemon watches its map's directory, and every log write into it would
+    /// wake the watcher (about 10% of the daemon's CPU in a trial), which production does not pay.
+    fn daemon(&self, map: &Path, name: &str) -> Result<Server> {
+        let logs = self.scratch.join("logs");
+        std::fs::create_dir_all(&logs)
+            .with_context(|| format!("cannot create {}", logs.display()))?;
+        let log = logs.join(format!("{name}.log"));
+        Server::daemon(
+            &self.daemon_binary,
+            map,
+            &log,
+            self.server_cpu(),
+            &format!("the daemon ({name})"),
+        )
+    }
+
+    /// Writes a map file the daemon accepts (owner-only, as a map with exec workflows must be).
+    fn write_map(&self, name: &str, content: &str) -> Result<PathBuf> {
+        let dir = self.scratch.join("maps");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join(name);
+        write_private(&path, content)?;
+        Ok(path)
+    }
+}
+
+fn write_private(path: &Path, content: &str) -> Result<()> {
+    std::fs::write(path, content).with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot chmod {}", path.display()))
+}
+
+/// Writes a temp file beside `path` and renames it over `path`, as editors save.
+fn replace_by_rename(path: &Path, content: &str) -> Result<Instant> {
+    let tmp = path.with_extension("yml.tmp");
+    write_private(&tmp, content)?;
+    let renamed_at = Instant::now();
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename over {}", path.display()))?;
+    Ok(renamed_at)
+}
+
+fn run() -> Result<()> {
+    let started = Instant::now();
+    let load_at_start = report::load_average();
+    let settings = Settings::from_env()?;
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pinning = Pinning::detect(settings.pin)?;
+    if let Some(pinning) = &pinning {
+        pinning.pin_self()?;
+    }
+    let wrk = Wrk::find(
+        manifest.join("bench/wrk"),
+        settings.connections,
+        settings.wrk_threads,
+        pinning.as_ref().map(|p| p.client_cpu),
+    );
+    let needs_wrk = ["throughput", "reload", "scale"]
+        .iter()
+        .any(|s| settings.wants(s));
+    let wrk = match wrk {
+        Ok(wrk) => wrk,
+        Err(err) if needs_wrk => return Err(err),
+        Err(_) => Wrk {
+            binary: PathBuf::from("wrk"),
+            scripts: manifest.join("bench/wrk"),
+            connections: 1,
+            threads: 1,
+            cpu: None,
+        },
+    };
+    let scratch_dir = tempfile::Builder::new()
+        .prefix("autohealer-bench-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .context("cannot create a scratch directory")?;
+    let bench = Bench {
+        settings: settings.clone(),
+        pinning: pinning.clone(),
+        wrk,
+        server_cores: if pinning.is_some() { 1.0 } else { nproc as f64 },
+        daemon_binary: PathBuf::from(env!("CARGO_BIN_EXE_autohealer")),
+        scratch: scratch_dir.path().to_path_buf(),
+    };
+    println!("AutoHealer system benchmark");
+    println!("  {}", settings.describe(&pinning));
+    println!("  load average at start: {load_at_start}");
+    println!(
+        "  {:<44} {:>14} {:>14} {:>8}  {:<12}",
+        "figure", "daemon", "reference", "ratio", "goal"
+    );
+
+    let mut report = Report::default();
+    if cfg!(debug_assertions) {
+        report.note("built with debug assertions: these figures are not the release build's");
+    }
+    if pinning.is_none() {
+        report.note("server and client were not pinned (one CPU, no taskset, or BENCH_PIN=0)");
+    }
+    if settings.wants("throughput") {
+        println!("throughput and memory");
+        throughput(&bench, &mut report)?;
+    }
+    if settings.wants("reload") {
+        println!("reload");
+        reload_latency(&bench, &mut report)?;
+        reload_under_load(&bench, &mut report)?;
+    }
+    if settings.wants("scale") {
+        println!("scale");
+        scale(&bench, &mut report)?;
+    }
+    if settings.wants("micro") {
+        let criterion_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .map(|target| target.join("criterion"))
+            .context("no target directory")?;
+        report.micro = report::criterion_results(&criterion_dir, settings.since)?;
+        if report.micro.is_empty() {
+            report.note(
+                "no criterion results: run `cargo bench --bench micro` first (bench/run.sh does)",
+            );
+        }
+    }
+
+    let machine = Machine::describe(nproc, &load_at_start);
+    let path = settings
+        .results
+        .clone()
+        .unwrap_or_else(|| manifest.join(format!("bench/results/{}.md", machine.day())));
+    let markdown = report.markdown(
+        &machine,
+        &settings.describe(&pinning),
+        settings.note.as_deref(),
+    );
+    report::write(&path, &markdown)?;
+    if settings.keep {
+        let kept = scratch_dir.keep();
+        println!("scratch directory kept: {}", kept.display());
+    }
+    println!(
+        "done in {:.0} s; results written to {}",
+        started.elapsed().as_secs_f64(),
+        path.display()
+    );
+    Ok(())
+}
+
+/// Runs one wrk pass per server per round, alternating which goes first, after one warm-up
+/// each. Returns the measured runs and the number of warm-up requests per server.
+fn rounds(
+    bench: &Bench,
+    servers: [&Server; 2],
+    script: &str,
+    args: [&[&str]; 2],
+) -> Result<([Vec<LoadRun>; 2], [u64; 2])> {
+    let settings = &bench.settings;
+    let mut warmup = [0; 2];
+    if settings.warmup_secs > 0.0 {
+        for i in 0..2 {
+            let run = bench.wrk.run(
+                servers[i],
+                "/anomaly",
+                settings.warmup_secs,
+                script,
+                args[i],
+            )?;
+            warmup[i] = run.wrk.requests;
+        }
+    }
+    let mut runs: [Vec<LoadRun>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..settings.rounds {
+        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let run = bench
+                .wrk
+                .run(servers[i], "/anomaly", settings.secs, script, args[i])?;
+            runs[i].push(run);
+        }
+    }
+    Ok((runs, warmup))
+}
+
+/// Medians over the rounds of one server.
+struct Summary {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    per_cpu_s: f64,
+    cores: f64,
+    max_rss_kib: u64,
+    requests: u64,
+    failed: u64,
+}
+
+fn summarize(runs: &[LoadRun]) -> Summary {
+    let pick = |f: &dyn Fn(&LoadRun) -> f64| median(&mut runs.iter().map(f).collect::<Vec<_>>());
+    Summary {
+        rps: pick(&|r| r.wrk.rps()),
+        p50_ms: pick(&|r| r.wrk.p50_us as f64 / 1e3),
+        p99_ms: pick(&|r| r.wrk.p99_us as f64 / 1e3),
+        per_cpu_s: pick(&|r| r.requests_per_cpu_s()),
+        cores: pick(&|r| r.server_cpu_s / (r.wrk.duration_us as f64 / 1e6)),
+        max_rss_kib: runs.iter().map(|r| r.max_rss_kib).max().unwrap_or(0),
+        requests: runs.iter().map(|r| r.wrk.requests).sum(),
+        failed: runs
+            .iter()
+            .map(|r| r.wrk.socket_errors() + r.wrk.status)
+            .sum(),
+    }
+}
+
+/// The verdict of a requests-per-second ratio: only meaningful when the reference kept its
+/// CPU busy; otherwise the client (starved by other load on the machine) set the pace.
+fn rps_verdict(bench: &Bench, reference: &Summary, ratio: f64, goal: f64) -> Verdict {
+    if reference.cores < 0.85 * bench.server_cores {
+        Verdict::ClientBound
+    } else {
+        Verdict::of(ratio >= goal)
+    }
+}
+
+/// Load rows shared by the throughput and scale sections.
+fn load_rows(
+    report: &mut Report,
+    section: &'static str,
+    daemon: &Summary,
+    reference: &Summary,
+    goal: f64,
+) {
+    report.row(
+        section,
+        "latency p50 (median of rounds)",
+        ms(daemon.p50_ms),
+        ms(reference.p50_ms),
+        ratio(daemon.p50_ms, reference.p50_ms),
+        "",
+        Verdict::Info,
+    );
+    report.row(
+        section,
+        "latency p99 (median of rounds)",
+        ms(daemon.p99_ms),
+        ms(reference.p99_ms),
+        ratio(daemon.p99_ms, reference.p99_ms),
+        "",
+        Verdict::Info,
+    );
+    report.row(
+        section,
+        "requests per server CPU-second",
+        format!("{:.0}", daemon.per_cpu_s),
+        format!("{:.0}", reference.per_cpu_s),
+        ratio(daemon.per_cpu_s, reference.per_cpu_s),
+        format!("cross-check ≥ {goal:.2}"),
+        Verdict::of(daemon.per_cpu_s / reference.per_cpu_s >= goal),
+    );
+    report.row(
+        section,
+        "server CPU in use during load (cores)",
+        format!("{:.2}", daemon.cores),
+        format!("{:.2}", reference.cores),
+        ratio(daemon.cores, reference.cores),
+        "",
+        Verdict::Info,
+    );
+    report.row(
+        section,
+        "failed requests (socket errors + status >= 400)",
+        format!("{} of {}", daemon.failed, daemon.requests),
+        format!("{} of {}", reference.failed, reference.requests),
+        "",
+        "0",
+        Verdict::of(daemon.failed == 0),
+    );
+}
+
+/// Checks one answer before loading a server with the same request.
+fn expect_answer(
+    server: &Server,
+    body: &str,
+    status: u16,
+    what: &str,
+) -> Result<serde_json::Value> {
+    let answer = Client::new(server.addr).post_json("/anomaly", body)?;
+    if answer.status != status {
+        bail!(
+            "{what}: expected {status} for {body}, got {} {}",
+            answer.status,
+            answer.body
+        );
+    }
+    answer.json()
+}
+
+fn throughput(bench: &Bench, report: &mut Report) -> Result<()> {
+    let settings = &bench.settings;
+    let map = bench.write_map("throughput.yml", &mapgen::throughput_map())?;
+    let reference = Server::reference(REFERENCE_FLAG, bench.server_cpu())?;
+    let daemon = bench.daemon(&map, "throughput")?;
+    let body = mapgen::anomaly_body(mapgen::THROUGHPUT_NAME);
+    let answer = expect_answer(&daemon, &body, 202, "the daemon")?;
+    if answer["status"] != "dispatched" {
+        bail!("the daemon did not dispatch the benchmark anomaly: {answer}");
+    }
+    expect_answer(&reference, &body, 202, "the reference server")?;
+
+    std::thread::sleep(settings.idle_settle);
+    let idle = [
+        procs::memory(daemon.pid())?,
+        procs::memory(reference.pid())?,
+    ];
+
+    let (runs, warmup) = rounds(
+        bench,
+        [&daemon, &reference],
+        "post.lua",
+        [&[body.as_str()], &[body.as_str()]],
+    )?;
+    let (d, r) = (summarize(&runs[0]), summarize(&runs[1]));
+    let section = "throughput";
+    report.row(
+        section,
+        format!("POST /anomaly requests/s (median of {})", runs[0].len()),
+        format!("{:.0}", d.rps),
+        format!("{:.0}", r.rps),
+        ratio(d.rps, r.rps),
+        "ratio ≥ 0.70",
+        rps_verdict(bench, &r, d.rps / r.rps, 0.70),
+    );
+    load_rows(report, section, &d, &r, 0.70);
+
+    let under_load = [
+        procs::memory(daemon.pid())?,
+        procs::memory(reference.pid())?,
+    ];
+    std::thread::sleep(settings.idle_settle);
+    let after = [
+        procs::memory(daemon.pid())?,
+        procs::memory(reference.pid())?,
+    ];
+    let section = "memory";
+    report.row(
+        section,
+        "idle RSS after startup (VmRSS)",
+        mib(idle[0].rss_kib),
+        mib(idle[1].rss_kib),
+        ratio(idle[0].rss_kib as f64, idle[1].rss_kib as f64),
+        "< 10 MiB",
+        Verdict::of(idle[0].rss_kib < 10 * 1024),
+    );
+    let peak = |m: &procs::Memory, sampled: u64| m.hwm_kib.max(sampled);
+    let (peak_d, peak_r) = (
+        peak(&under_load[0], d.max_rss_kib),
+        peak(&under_load[1], r.max_rss_kib),
+    );
+    report.row(
+        section,
+        "RSS under load (VmHWM, peak)",
+        mib(peak_d),
+        mib(peak_r),
+        ratio(peak_d as f64, peak_r as f64),
+        "< 40 MiB",
+        Verdict::of(peak_d < 40 * 1024),
+    );
+    report.row(
+        section,
+        "RSS idle again after load (VmRSS)",
+        mib(after[0].rss_kib),
+        mib(after[1].rss_kib),
+        ratio(after[0].rss_kib as f64, after[1].rss_kib as f64),
+        "",
+        Verdict::Info,
+    );
+
+    // The log is part of what was measured: check the daemon really wrote its records.
+    if let Some(log) = &daemon.log {
+        let lines = procs::count_lines(log)?;
+        let bytes = std::fs::metadata(log)?.len();
+        let total_requests = d.requests + warmup[0] + 1;
+        report.note(format!(
+            "throughput: the daemon wrote {lines} JSON log records ({:.0} MiB) to a file while \
+             answering {total_requests} requests (warm-up included): {:.2} records per request \
+             (a triggered and a finished record each)",
+            bytes as f64 / (1024.0 * 1024.0),
+            lines as f64 / total_requests.max(1) as f64
+        ));
+    }
+    Ok(())
+}
+
+/// Rename → event latency of a bare notify watcher in this process: the floor under the
+/// daemon's reload latency (which adds its debounce window, the parse and a request).
+fn notify_floor(dir: &Path, count: usize) -> Result<Vec<f64>> {
+    use notify::{RecursiveMode, Watcher};
+    let path = dir.join("watched.yml");
+    write_private(&path, "a: 1\n")?;
+    let (tx, rx) = mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            if event.paths.iter().any(|p| p.ends_with("watched.yml")) {
+                let _ = tx.send(Instant::now());
+            }
+        }
+    })
+    .context("cannot create a notify watcher")?;
+    watcher
+        .watch(dir, RecursiveMode::NonRecursive)
+        .context("cannot watch the scratch directory")?;
+    let mut latencies = Vec::with_capacity(count);
+    for serial in 0..count {
+        while rx.try_recv().is_ok() {}
+        let renamed_at = replace_by_rename(&path, &format!("a: {serial}\n"))?;
+        let seen = rx
+            .recv_timeout(RELOAD_SEEN_DEADLINE)
+            .context("notify reported no event for a rename")?;
+        latencies.push(seen.saturating_duration_since(renamed_at).as_secs_f64() * 1e3);
+        std::thread::sleep(RELOAD_GAP);
+    }
+    Ok(latencies)
+}
+
+fn reload_latency(bench: &Bench, report: &mut Report) -> Result<()> {
+    let count = bench.settings.reloads;
+    let watch_dir = bench.scratch.join("notify-floor");
+    std::fs::create_dir_all(&watch_dir)?;
+    let floor = notify_floor(&watch_dir, count)?;
+
+    let map_dir = bench.scratch.join("reload");
+    std::fs::create_dir_all(&map_dir)?;
+    let map = map_dir.join("map.yml");
+    write_private(&map, &mapgen::reload_map("wf_a", 0))?;
+    let daemon = bench.daemon(&map, "reload-latency")?;
+    let mut client = Client::new(daemon.addr);
+    let probe = mapgen::anomaly_body(mapgen::PROBE_NAME);
+    let mut latencies = Vec::with_capacity(count);
+    let mut missed = 0;
+    for serial in 1..=count as u64 {
+        let workflow = if serial % 2 == 1 { "wf_b" } else { "wf_a" };
+        let renamed_at = replace_by_rename(&map, &mapgen::reload_map(workflow, serial))?;
+        let seen = loop {
+            let answer = client.post_json("/anomaly", &probe)?.json()?;
+            if answer["workflow"] == workflow {
+                break Some(renamed_at.elapsed());
+            }
+            if renamed_at.elapsed() > RELOAD_SEEN_DEADLINE {
+                break None;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        };
+        match seen {
+            Some(latency) => latencies.push(latency.as_secs_f64() * 1e3),
+            None => {
+                missed += 1;
+                // Put the daemon back in step before the next one.
+                let answer = client.post_json("/-/reload", "")?;
+                if answer.status != 200 {
+                    bail!("POST /-/reload failed: {} {}", answer.status, answer.body);
+                }
+            }
+        }
+        std::thread::sleep(RELOAD_GAP);
+    }
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let (d_med, d_max) = (median(&mut latencies.clone()), max(&latencies));
+    // The floor: what any watcher with the daemon's debounce window would take.
+    let debounce_ms = autohealer::reload::DEBOUNCE_DELAY.as_secs_f64() * 1e3;
+    let (f_med, f_max) = (
+        median(&mut floor.clone()) + debounce_ms,
+        max(&floor) + debounce_ms,
+    );
+    let section = "reload";
+    report.row(
+        section,
+        format!(
+            "rename → first request that sees it, median of {}",
+            latencies.len()
+        ),
+        ms(d_med),
+        ms(f_med),
+        ratio(d_med, f_med),
+        "< 30 ms",
+        Verdict::of(d_med < 30.0 && !latencies.is_empty()),
+    );
+    report.row(
+        section,
+        "rename → first request that sees it, max",
+        ms(d_max),
+        ms(f_max),
+        ratio(d_max, f_max),
+        "< 100 ms",
+        Verdict::of(d_max < 100.0 && missed == 0),
+    );
+    report.row(
+        section,
+        format!("reloads not seen within {RELOAD_SEEN_DEADLINE:?}"),
+        format!("{missed} of {count}"),
+        "",
+        "",
+        "0",
+        Verdict::of(missed == 0),
+    );
+    report.note(format!(
+        "reload: the reference is a bare notify watcher in the benchmark process (rename → \
+         event, median {}) plus the daemon's {:?} debounce window; the daemon adds the read, \
+         the compile, the swap and the probe request",
+        ms(median(&mut floor.clone())),
+        autohealer::reload::DEBOUNCE_DELAY
+    ));
+    Ok(())
+}
+
+fn reload_under_load(bench: &Bench, report: &mut Report) -> Result<()> {
+    let secs = bench.settings.reload_load_secs;
+    let map_dir = bench.scratch.join("reload-load");
+    std::fs::create_dir_all(&map_dir)?;
+    let map = map_dir.join("map.yml");
+    write_private(&map, &mapgen::reload_map("wf_a", 0))?;
+    let daemon = bench.daemon(&map, "reload-under-load")?;
+    let probe = mapgen::anomaly_body(mapgen::PROBE_NAME);
+    expect_answer(&daemon, &probe, 202, "the daemon")?;
+
+    // The reference: the same daemon under the same load, with the map left alone.
+    let steady = bench
+        .wrk
+        .run(&daemon, "/anomaly", secs, "post.lua", &[probe.as_str()])?;
+
+    let mut wrk = bench
+        .wrk
+        .spawn(&daemon.url("/anomaly"), secs, "post.lua", &[probe.as_str()])?;
+    let mut renames = 0u64;
+    let mut next = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs_f64(secs) + Duration::from_secs(30);
+    while wrk.child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            bail!("wrk did not finish while the map was being replaced");
+        }
+        renames += 1;
+        let workflow = if renames % 2 == 1 { "wf_b" } else { "wf_a" };
+        replace_by_rename(&map, &mapgen::reload_map(workflow, renames))?;
+        next += REPLACE_EVERY;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    let under = load::finish(wrk)?;
+    let generation = Client::new(daemon.addr).get("/reflexes")?.json()?["generation"]
+        .as_u64()
+        .context("no generation in GET /reflexes")?;
+    let log = daemon.log.clone().context("no daemon log")?;
+    let log_text = std::fs::read_to_string(&log)?;
+    let rejected = log_text
+        .lines()
+        .filter(|l| l.contains("\"reflex map rejected\"") || l.contains("\"reflex map missing\""))
+        .count();
+
+    let section = "reload under load";
+    let failed = under.socket_errors() + under.status;
+    report.row(
+        section,
+        format!("failed requests, map replaced every {REPLACE_EVERY:?}"),
+        format!("{failed} of {}", under.requests),
+        format!(
+            "{} of {}",
+            steady.wrk.socket_errors() + steady.wrk.status,
+            steady.wrk.requests
+        ),
+        "",
+        "0",
+        Verdict::of(failed == 0),
+    );
+    report.row(
+        section,
+        "requests/s while the map is replaced",
+        format!("{:.0}", under.rps()),
+        format!("{:.0}", steady.wrk.rps()),
+        ratio(under.rps(), steady.wrk.rps()),
+        "",
+        Verdict::Info,
+    );
+    report.row(
+        section,
+        "replacements written / swaps done (generation)",
+        format!("{renames} / {}", generation.saturating_sub(1)),
+        "",
+        "",
+        "",
+        Verdict::Info,
+    );
+    report.row(
+        section,
+        "maps rejected or missing during replacement",
+        rejected.to_string(),
+        "",
+        "",
+        "0",
+        Verdict::of(rejected == 0),
+    );
+    report.note(format!(
+        "reload under load: the reference is the same daemon under the same wrk load for the \
+         same time with the map left alone; the {:?} debounce coalesces replacements, so swaps \
+         are fewer than writes",
+        autohealer::reload::DEBOUNCE_DELAY
+    ));
+    Ok(())
+}
+
+/// Times `f` `reps` times; returns the durations in milliseconds.
+fn time_reps<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<Vec<f64>> {
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let start = Instant::now();
+        std::hint::black_box(f()?);
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(times)
+}
+
+fn scale(bench: &Bench, report: &mut Report) -> Result<()> {
+    let settings = &bench.settings;
+    let (exact, patterns) = (settings.scale_exact, settings.scale_patterns);
+    let text = mapgen::scale_map(exact, patterns);
+    let big = bench.write_map("scale.yml", &text)?;
+    let small = bench.write_map("one-reflex.yml", &mapgen::one_reflex_map())?;
+    let section = "scale";
+
+    // Load time in this process, as the daemon's reloader does it.
+    let load = |path: &Path| {
+        time_reps(settings.load_reps, || {
+            autohealer::reload::load(path, 1)
+                .map_err(|err| anyhow!("the generated map does not load: {err}"))
+        })
+    };
+    let mut load_big = load(&big)?;
+    let mut parse_only = time_reps(settings.load_reps, || {
+        serde_yaml::from_str::<serde_yaml::Value>(&text).context("the generated map is not YAML")
+    })?;
+    let mut load_small = load(&small)?;
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let label = format!("{exact} exact + {patterns} patterns");
+    report.row(
+        section,
+        format!("load {label}: reload::load, median of {}", load_big.len()),
+        ms(median(&mut load_big)),
+        ms(median(&mut parse_only)),
+        ratio(median(&mut load_big), median(&mut parse_only)),
+        "< 300 ms",
+        Verdict::of(median(&mut load_big) < 300.0),
+    );
+    report.row(
+        section,
+        "load, max",
+        ms(max(&load_big)),
+        ms(max(&parse_only)),
+        ratio(max(&load_big), max(&parse_only)),
+        "",
+        Verdict::Info,
+    );
+    report.row(
+        section,
+        "load of the one-reflex map (median)",
+        ms(median(&mut load_small)),
+        "",
+        "",
+        "",
+        Verdict::Info,
+    );
+    report.note(format!(
+        "scale: the load reference is serde_yaml parsing the same {:.1} MiB file into a \
+         generic Value, the floor under any YAML map",
+        text.len() as f64 / (1024.0 * 1024.0)
+    ));
+    drop(text);
+
+    let baseline = bench.daemon(&small, "one-reflex")?;
+    let daemon = bench.daemon(&big, "scale")?;
+    report.row(
+        section,
+        "daemon startup, spawn → listening",
+        ms(daemon.startup.as_secs_f64() * 1e3),
+        ms(baseline.startup.as_secs_f64() * 1e3),
+        ratio(daemon.startup.as_secs_f64(), baseline.startup.as_secs_f64()),
+        "",
+        Verdict::Info,
+    );
+    std::thread::sleep(settings.idle_settle);
+    let (mem_big, mem_small) = (procs::memory(daemon.pid())?, procs::memory(baseline.pid())?);
+    report.row(
+        section,
+        "daemon idle RSS with the map (VmRSS)",
+        mib(mem_big.rss_kib),
+        mib(mem_small.rss_kib),
+        ratio(mem_big.rss_kib as f64, mem_small.rss_kib as f64),
+        "",
+        Verdict::Info,
+    );
+
+    // The same mix of requests gets the same answers from both maps (see mapgen).
+    let names = mapgen::mixed_names(exact, patterns, 3000);
+    for name in names.iter().take(3) {
+        let body = mapgen::anomaly_body(name);
+        let a = Client::new(daemon.addr).post_json("/anomaly", &body)?;
+        let b = Client::new(baseline.addr).post_json("/anomaly", &body)?;
+        if a.status != b.status || a.json()?["status"] != b.json()?["status"] {
+            bail!(
+                "the scale map and its baseline answer {name} differently: {} {} vs {} {}",
+                a.status,
+                a.body,
+                b.status,
+                b.body
+            );
+        }
+    }
+    let bodies = bench.scratch.join("scale-bodies.txt");
+    let lines: Vec<String> = names.iter().map(|n| mapgen::anomaly_body(n)).collect();
+    std::fs::write(&bodies, lines.join("\n") + "\n")?;
+    let bodies = bodies.to_string_lossy().into_owned();
+    let (runs, _) = rounds(
+        bench,
+        [&daemon, &baseline],
+        "cycle.lua",
+        [&[bodies.as_str()], &[bodies.as_str()]],
+    )?;
+    let (d, r) = (summarize(&runs[0]), summarize(&runs[1]));
+    report.row(
+        section,
+        format!("dispatch requests/s, {label} vs one reflex"),
+        format!("{:.0}", d.rps),
+        format!("{:.0}", r.rps),
+        ratio(d.rps, r.rps),
+        "ratio ≥ 0.90",
+        rps_verdict(bench, &r, d.rps / r.rps, 0.90),
+    );
+    load_rows(report, section, &d, &r, 0.90);
+    report.note(
+        "scale: requests cycle through 3000 bodies, a third exact names, a third pattern hits, \
+         a third misses; the one-reflex map (`hit.**`) gives each the same answer",
+    );
+    Ok(())
+}
