@@ -43,19 +43,30 @@ pub fn init(
         // One write(2) per record, so concurrent writers never interleave.
         LogFormat::Json => Box::new(json_drain(RecordWriter::new(io::stderr()))),
     };
-    let drain: BoxedDrain = match audit_log {
+    // The audit log keeps every healing-action record (CRIT and WARN) whatever --log-level
+    // says, so the level applies to stderr alone and the outer filter lets WARN through too.
+    let (drain, outer_level): (BoxedDrain, slog::Level) = match audit_log {
         Some(path) => {
             let audit = AuditFilter(json_drain(RecordWriter::new(AuditFile::open(path)?)));
-            Box::new(slog::Duplicate::new(stderr, audit).ignore_res())
+            let stderr = slog::LevelFilter::new(stderr, level).ignore_res();
+            let outer = if level.as_usize() >= slog::Level::Warning.as_usize() {
+                level
+            } else {
+                slog::Level::Warning
+            };
+            (
+                Box::new(slog::Duplicate::new(stderr, audit).ignore_res()),
+                outer,
+            )
         }
-        None => stderr,
+        None => (stderr, level),
     };
     let (async_drain, guard) = slog_async::Async::new(drain)
         .chan_size(LOG_CHANNEL_RECORDS)
         .overflow_strategy(slog_async::OverflowStrategy::Block)
         .thread_name("autohealer-log".into())
         .build_with_guard();
-    let drain = slog::LevelFilter::new(async_drain, level).ignore_res();
+    let drain = slog::LevelFilter::new(async_drain, outer_level).ignore_res();
     Ok((Logger::root(drain, o!()), LogGuard(guard)))
 }
 

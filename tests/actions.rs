@@ -598,3 +598,36 @@ fn exec_maps_others_could_replace_are_refused() {
         eprintln!("SKIPPED: the owner check needs root to chown a file");
     }
 }
+
+#[test]
+fn audit_log_keeps_warn_records_whatever_the_log_level() {
+    let map = MapDir::new("workflows: {page: {}}\nreflexes: {a: {workflow: page, cooldown: 1h}}\n");
+    let audit = map.file("audit.log");
+    let daemon = Daemon::start_quiet(
+        &map.path(),
+        &[
+            "--audit-log",
+            audit.to_str().unwrap(),
+            "--log-level",
+            "critical",
+        ],
+    );
+    assert_eq!(daemon.post_anomaly(&json!({"name": "a"})).status, 202);
+    let response = daemon.post_anomaly(&json!({"name": "a"}));
+    assert_eq!(response.json()["reason"], "cooldown");
+    let audit_lines = || -> Vec<Value> {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    wait_until("the suppressed record in the audit log", || {
+        audit_lines()
+            .iter()
+            .any(|l| l["msg"] == "healing action suppressed")
+    });
+    daemon.wait_for_record("healing action finished", |_| true);
+    // stderr keeps to --log-level critical.
+    assert!(daemon.records_with("healing action suppressed").is_empty());
+}
