@@ -25,6 +25,7 @@ pub mod config;
 pub mod connections;
 pub mod dispatch;
 pub mod history;
+pub mod log_queue;
 pub mod logging;
 pub mod matcher;
 pub mod metrics;

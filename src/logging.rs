@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use slog::{o, Drain, Logger};
 
 use crate::cli::LogFormat;
+use crate::log_queue;
 
 /// Records the channel holds before callers block: large enough to absorb bursts without
 /// blocking, small enough that the preallocated ring stays well under a MiB of resident memory.
@@ -19,8 +20,13 @@ const LOG_CHANNEL_RECORDS: usize = 4096;
 /// (A tag survives the async channel; the message's static string does not.)
 pub const AUDIT_TAG: &str = "audit";
 
-/// Keeps the logging thread alive; dropping it flushes every queued record and joins the thread.
-pub struct LogGuard(#[allow(dead_code)] slog_async::AsyncGuard);
+/// Keeps the logging thread alive; dropping it flushes every queued record.
+pub enum LogGuard {
+    /// The term format's slog-async thread.
+    Async(slog_async::AsyncGuard),
+    /// The JSON format's queue (see `log_queue`).
+    Queue(log_queue::QueueGuard),
+}
 
 type BoxedDrain = Box<dyn Drain<Ok = (), Err = slog::Never> + Send>;
 
@@ -35,39 +41,54 @@ pub fn init(
     } else {
         LogFormat::Json
     });
-    let stderr: BoxedDrain = match format {
-        LogFormat::Term => {
-            let decorator = slog_term::TermDecorator::new().stderr().build();
-            Box::new(slog_term::FullFormat::new(decorator).build().ignore_res())
-        }
-        // One write(2) per record, so concurrent writers never interleave.
-        LogFormat::Json => Box::new(json_drain(RecordWriter::new(io::stderr()))),
-    };
+    let audit = audit_log.map(AuditFile::open).transpose()?;
     // The audit log keeps every healing-action record (CRIT and WARN) whatever --log-level
     // says, so the level applies to stderr alone and the outer filter lets WARN through too.
-    let (drain, outer_level): (BoxedDrain, slog::Level) = match audit_log {
-        Some(path) => {
-            let audit = AuditFilter(json_drain(RecordWriter::new(AuditFile::open(path)?)));
-            let stderr = slog::LevelFilter::new(stderr, level).ignore_res();
-            let outer = if level.as_usize() >= slog::Level::Warning.as_usize() {
-                level
-            } else {
-                slog::Level::Warning
-            };
+    let outer_level = if audit.is_some() && level.as_usize() < slog::Level::Warning.as_usize() {
+        slog::Level::Warning
+    } else {
+        level
+    };
+    Ok(match format {
+        // The daemon's usual case (journald, files): formatted in place, written in batches.
+        LogFormat::Json => {
+            let (drain, guard) = log_queue::start(io::stderr(), level, audit, AUDIT_TAG)?;
             (
-                Box::new(slog::Duplicate::new(stderr, audit).ignore_res()),
-                outer,
+                Logger::root(
+                    slog::LevelFilter::new(drain, outer_level).ignore_res(),
+                    o!(),
+                ),
+                LogGuard::Queue(guard),
             )
         }
-        None => (stderr, level),
-    };
-    let (async_drain, guard) = slog_async::Async::new(drain)
-        .chan_size(LOG_CHANNEL_RECORDS)
-        .overflow_strategy(slog_async::OverflowStrategy::Block)
-        .thread_name("autohealer-log".into())
-        .build_with_guard();
-    let drain = slog::LevelFilter::new(async_drain, outer_level).ignore_res();
-    Ok((Logger::root(drain, o!()), LogGuard(guard)))
+        LogFormat::Term => {
+            let decorator = slog_term::TermDecorator::new().stderr().build();
+            let stderr = slog::LevelFilter::new(
+                slog_term::FullFormat::new(decorator).build().ignore_res(),
+                level,
+            )
+            .ignore_res();
+            let drain: BoxedDrain = match audit {
+                Some(file) => {
+                    let audit = AuditFilter(json_drain(RecordWriter::new(file)));
+                    Box::new(slog::Duplicate::new(stderr, audit).ignore_res())
+                }
+                None => Box::new(stderr),
+            };
+            let (async_drain, guard) = slog_async::Async::new(drain)
+                .chan_size(LOG_CHANNEL_RECORDS)
+                .overflow_strategy(slog_async::OverflowStrategy::Block)
+                .thread_name("autohealer-log".into())
+                .build_with_guard();
+            (
+                Logger::root(
+                    slog::LevelFilter::new(async_drain, outer_level).ignore_res(),
+                    o!(),
+                ),
+                LogGuard::Async(guard),
+            )
+        }
+    })
 }
 
 fn json_drain<W: Write + Send + 'static>(writer: W) -> impl Drain<Ok = (), Err = slog::Never> {
