@@ -10,11 +10,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::actions::{self, ActionRun, Source};
+use crate::actions::{self, ActionReport, ActionRun, Source};
 use crate::config::JsonObject;
 use crate::history::ActionHistory;
 use crate::matcher;
-use crate::rails::{Rails, SuppressReason};
+use crate::rails::{Permit, Rails, SuppressReason};
 use crate::records;
 use crate::reload::MapHandle;
 
@@ -200,20 +200,31 @@ impl Dispatcher {
             workflow: run.workflow.name.clone(),
             action_id: run.action_id.clone(),
         };
+        // A log-only action (or a dry run) is over as soon as it starts: finish it here rather
+        // than pay for a task (issue 5).
+        if let Some(report) = actions::run_at_once(&run) {
+            self.finish(&run, permit, &report);
+            return outcome;
+        }
         let this = self.clone();
         self.tracker.spawn(async move {
             let report = actions::run(&run, &this.cancel).await;
-            let breaker = run.workflow.breaker;
-            if let Some(opened) = this
-                .rails
-                .finish(permit, report.outcome, breaker, Instant::now())
-            {
-                records::circuit_opened(&this.log, &run.workflow.name, &opened);
-            }
-            this.history.finished(&run.action_id, &report);
-            records::action_finished(&this.log, &run, &report);
+            this.finish(&run, permit, &report);
         });
         outcome
+    }
+
+    /// Releases the rails, updates the history and writes the finished record.
+    fn finish(&self, run: &ActionRun, permit: Permit, report: &ActionReport) {
+        let breaker = run.workflow.breaker;
+        if let Some(opened) = self
+            .rails
+            .finish(permit, report.outcome, breaker, Instant::now())
+        {
+            records::circuit_opened(&self.log, &run.workflow.name, &opened);
+        }
+        self.history.finished(&run.action_id, report);
+        records::action_finished(&self.log, run, report);
     }
 }
 

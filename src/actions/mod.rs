@@ -125,13 +125,25 @@ impl ActionReport {
 /// The reason recorded for actions cut short by shutdown.
 pub const SHUTDOWN_REASON: &str = "the daemon shut down before the action finished";
 
+/// The report of an action that ends as soon as it starts (log-only, or any dry run), so the
+/// dispatcher can finish it in place instead of spawning a task; `None` for one that runs.
+pub fn run_at_once(run: &ActionRun) -> Option<ActionReport> {
+    match &run.workflow.action {
+        Action::Log => Some(log::run(run)),
+        Action::Exec(exec) if run.dry_run => Some(exec::dry_run(exec, run)),
+        Action::Webhook(hook) if run.dry_run => Some(webhook::dry_run(hook, run)),
+        Action::Exec(_) | Action::Webhook(_) => None,
+    }
+}
+
 /// Runs the action of `run.workflow` to completion, or until `cancel` fires at shutdown.
 pub async fn run(run: &ActionRun, cancel: &CancellationToken) -> ActionReport {
+    if let Some(report) = run_at_once(run) {
+        return report;
+    }
     match &run.workflow.action {
-        Action::Log => log::run(run),
-        Action::Exec(exec) if run.dry_run => exec::dry_run(exec, run),
         Action::Exec(exec) => exec::run(exec, run, cancel).await,
-        Action::Webhook(hook) if run.dry_run => webhook::dry_run(hook, run),
         Action::Webhook(hook) => webhook::run(hook, run, cancel).await,
+        Action::Log => log::run(run),
     }
 }
