@@ -4,7 +4,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use slog::Logger;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -80,25 +80,45 @@ pub enum DispatchOutcome {
 
 impl DispatchOutcome {
     /// The result object for `anomaly` (SPEC §2), the same from `/anomaly` and `/alertmanager`.
-    pub fn to_json(&self, anomaly: &str) -> serde_json::Value {
-        match self {
+    pub fn answer<'a>(&'a self, anomaly: &'a str) -> Answer<'a> {
+        let (status, workflow, action_id, reason) = match self {
             DispatchOutcome::Dispatched {
                 workflow,
                 action_id,
-            } => serde_json::json!({
-                "status": "dispatched", "anomaly": anomaly, "workflow": workflow, "action_id": action_id,
-            }),
-            DispatchOutcome::Suppressed { workflow, reason } => serde_json::json!({
-                "status": "suppressed", "anomaly": anomaly, "workflow": workflow, "reason": reason.as_str(),
-            }),
-            DispatchOutcome::Unmatched => {
-                serde_json::json!({"status": "unmatched", "anomaly": anomaly})
+            } => ("dispatched", Some(workflow), Some(action_id), None),
+            DispatchOutcome::Suppressed { workflow, reason } => {
+                ("suppressed", Some(workflow), None, Some(reason.as_str()))
             }
-            DispatchOutcome::ShuttingDown => {
-                serde_json::json!({"status": "shutting_down", "anomaly": anomaly})
-            }
+            DispatchOutcome::Unmatched => ("unmatched", None, None, None),
+            DispatchOutcome::ShuttingDown => ("shutting_down", None, None, None),
+        };
+        Answer {
+            status,
+            anomaly,
+            workflow: workflow.map(String::as_str),
+            action_id: action_id.map(String::as_str),
+            reason,
         }
     }
+
+    /// The result object as a JSON value, for answers that list several.
+    pub fn to_json(&self, anomaly: &str) -> serde_json::Value {
+        serde_json::to_value(self.answer(anomaly)).unwrap_or_default()
+    }
+}
+
+/// The answer for one anomaly, serialized straight from borrowed parts (no JSON tree is built
+/// on the hot path).
+#[derive(Debug, Serialize)]
+pub struct Answer<'a> {
+    pub status: &'static str,
+    pub anomaly: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
 }
 
 /// Matches anomalies against the map in force, applies the rails and starts the actions.

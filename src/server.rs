@@ -270,7 +270,7 @@ async fn post_anomaly(
         DispatchOutcome::Suppressed { .. } | DispatchOutcome::Unmatched => StatusCode::OK,
         DispatchOutcome::ShuttingDown => return Err(shutting_down()),
     };
-    Ok(json_response(status, &outcome.to_json(&name)))
+    Ok(json_response(status, &outcome.answer(&name)))
 }
 
 /// Always 200 for Alertmanager's own payloads, whatever became of each alert: Alertmanager
@@ -459,8 +459,10 @@ async fn post_reload(state: &ServerState) -> Result<HttpResponse, ApiError> {
     })
 }
 
-fn json_response(status: StatusCode, body: &serde_json::Value) -> HttpResponse {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+fn json_response(status: StatusCode, body: &impl serde::Serialize) -> HttpResponse {
+    // Serializing plain data into a Vec cannot fail; `null` would be the answer if it did.
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"null".to_vec());
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
     *response.status_mut() = status;
     response
         .headers_mut()
