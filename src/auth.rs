@@ -111,6 +111,12 @@ impl TokenFile {
 }
 
 fn read_digest(path: &Path) -> Result<[u8; 32], TokenError> {
+    Ok(Sha256::digest(read_token(path)?).into())
+}
+
+/// Reads the token in `path` as the daemon and `autohealer send` both use it: surrounding
+/// whitespace trimmed, and it must be one word of visible ASCII (what a header can carry).
+pub fn read_token(path: &Path) -> Result<Vec<u8>, TokenError> {
     let bytes = std::fs::read(path).map_err(|source| TokenError::Read {
         path: path.to_path_buf(),
         source,
@@ -126,7 +132,7 @@ fn read_digest(path: &Path) -> Result<[u8; 32], TokenError> {
             path: path.to_path_buf(),
         });
     }
-    Ok(Sha256::digest(token).into())
+    Ok(token.to_vec())
 }
 
 /// The credentials of `Bearer <token>`; the scheme is case-insensitive (RFC 7235 §2.1).

@@ -12,6 +12,7 @@ use reqwest::header::{HeaderValue, AUTHORIZATION};
 use reqwest::{StatusCode, Url};
 use serde_json::Value;
 
+use crate::auth::{self, TokenError};
 use crate::cli::SendArgs;
 use crate::config::JsonObject;
 
@@ -94,20 +95,22 @@ async fn post(
     Ok((status, text))
 }
 
-/// The `Authorization` header for the token in `path`, trimmed as the daemon trims it.
+/// The `Authorization` header for the token in `path`, read as the daemon reads it.
 fn read_token(path: &Path) -> anyhow::Result<HeaderValue> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the token file {}", path.display()))?;
-    let token = text.trim();
-    if token.is_empty() {
-        bail!("the token file {} is empty", path.display());
-    }
-    let mut header = HeaderValue::from_str(&format!("Bearer {token}")).with_context(|| {
-        format!(
-            "the token in {} has characters an HTTP header cannot carry",
-            path.display()
-        )
+    let shown = path.display();
+    let token = auth::read_token(path).map_err(|err| match err {
+        TokenError::Read { source, .. } => {
+            anyhow::anyhow!("cannot read the token file {shown}: {source}")
+        }
+        TokenError::Empty { .. } => anyhow::anyhow!("the token file {shown} is empty"),
+        TokenError::Malformed { .. } => {
+            anyhow::anyhow!("the token in {shown} has characters an HTTP header cannot carry")
+        }
     })?;
+    let mut header = HeaderValue::from_bytes(&[b"Bearer ".as_slice(), &token].concat())
+        .with_context(|| {
+            format!("the token in {shown} has characters an HTTP header cannot carry")
+        })?;
     header.set_sensitive(true);
     Ok(header)
 }

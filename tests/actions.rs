@@ -12,6 +12,16 @@ fn finished(daemon: &Daemon, action_id: &str) -> Value {
     daemon.wait_for_record("healing action finished", |r| r["action_id"] == action_id)
 }
 
+/// The finished record of `action_id` among what an exited daemon wrote (no waiting: it is
+/// gone, so the record must already be there).
+fn finished_before_exit(daemon: &Daemon, action_id: &str) -> Value {
+    daemon
+        .records_with("healing action finished")
+        .into_iter()
+        .find(|r| r["action_id"] == action_id)
+        .expect("finished record before exit")
+}
+
 fn dispatch(daemon: &Daemon, name: &str, details: Value) -> String {
     let response = daemon.post_anomaly(&json!({"name": name, "details": details}));
     assert_eq!(response.status, 202, "{}", response.body);
@@ -527,11 +537,7 @@ fn sigterm_waits_for_a_running_action() {
     let id = dispatch(&daemon, "a", json!({}));
     daemon.signal(Signal::SIGTERM);
     assert_eq!(daemon.wait_exit().code(), Some(0));
-    let record = daemon
-        .records_with("healing action finished")
-        .into_iter()
-        .find(|r| r["action_id"] == id)
-        .expect("finished record before exit");
+    let record = finished_before_exit(&daemon, &id);
     assert_eq!(record["outcome"], "ok");
     assert_eq!(record["output"], "done");
 }
@@ -555,11 +561,7 @@ fn sigterm_past_the_timeout_kills_the_action_and_records_it() {
     });
     daemon.signal(Signal::SIGTERM);
     assert_eq!(daemon.wait_exit().code(), Some(0));
-    let record = daemon
-        .records_with("healing action finished")
-        .into_iter()
-        .find(|r| r["action_id"] == id)
-        .expect("finished record before exit");
+    let record = finished_before_exit(&daemon, &id);
     assert_eq!(record["outcome"], "failed");
     assert_eq!(
         record["error"],
