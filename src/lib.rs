@@ -9,7 +9,8 @@
 //! - `server` is the HTTP API, with `auth` for its bearer token, `connections` for its
 //!   connection cap and `alertmanager` for Alertmanager's webhook; `dispatch` turns an anomaly into an action, through the safety
 //!   `rails`, and keeps the `history`; `actions` holds one module per kind of action.
-//! - `records` writes the log records and bumps `metrics`; `logging` builds the slog drain; `systemd` speaks the
+//! - `records` writes the log records and bumps `metrics`; `logging` builds the slog drain,
+//!   `json_log` formats JSON lines and `log_queue` carries them to the log thread; `systemd` speaks the
 //!   notify protocol and takes a socket-activated listener.
 //!
 //! The binary (`main.rs`) only parses the command line and maps errors to exit codes; the library
@@ -25,6 +26,7 @@ pub mod config;
 pub mod connections;
 pub mod dispatch;
 pub mod history;
+pub mod json_log;
 pub mod log_queue;
 pub mod logging;
 pub mod matcher;

@@ -1,5 +1,5 @@
-//! The JSON log path: each record is formatted on the thread that logs it and the finished line
-//! is queued for the `autohealer-log` thread, which writes what has gathered in one write(2) to
+//! The JSON log path: each record is formatted on the thread that logs it (`json_log`) and the
+//! finished line is queued for the `autohealer-log` thread, which writes what has gathered in one write(2) to
 //! stderr (and one to the audit log).
 //!
 //! slog-async copied every key of every record into owned values, sent them, re-formatted them on
@@ -8,13 +8,13 @@
 //! busy daemon makes one write and one wake-up per batch instead of two per request. The queue is
 //! bounded and a full queue blocks the logger, so no record is ever dropped (SPEC §5).
 
-use std::cell::RefCell;
 use std::io::{self, Write};
-use std::rc::Rc;
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::time::Duration;
 
 use slog::Drain;
+
+use crate::json_log;
 
 /// Lines the queue holds before a logging thread blocks.
 const QUEUED_LINES: usize = 16 * 1024;
@@ -95,7 +95,7 @@ impl Drain for QueuedJson {
         if !to_stderr && !to_audit {
             return Ok(());
         }
-        let bytes = format_record(record, values);
+        let bytes = json_log::to_line(record, values);
         // Blocks while the queue is full; fails only once the log thread is gone.
         let _ = self.queue.send(Queued::Line {
             bytes,
@@ -104,58 +104,6 @@ impl Drain for QueuedJson {
         });
         Ok(())
     }
-}
-
-/// A buffer shared between a thread's formatter and the code that takes its output.
-#[derive(Clone, Default)]
-struct SharedBuf(Rc<RefCell<Vec<u8>>>);
-
-impl Write for SharedBuf {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.borrow_mut().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// One slog-json formatter per thread, writing into that thread's buffer.
-struct Formatter {
-    json: slog_json::Json<SharedBuf>,
-    buf: SharedBuf,
-}
-
-impl Formatter {
-    fn new() -> Formatter {
-        let buf = SharedBuf::default();
-        let json = slog_json::Json::new(buf.clone()).add_default_keys().build();
-        Formatter { json, buf }
-    }
-
-    fn format(&self, record: &slog::Record, values: &slog::OwnedKVList) -> Vec<u8> {
-        self.buf.0.borrow_mut().clear();
-        // Writing into memory cannot fail; a value that fails to serialize leaves what was
-        // written, which is still a record worth keeping.
-        let _ = self.json.log(record, values);
-        let mut bytes = std::mem::take(&mut *self.buf.0.borrow_mut());
-        if bytes.last() != Some(&b'\n') {
-            bytes.push(b'\n');
-        }
-        bytes
-    }
-}
-
-thread_local! {
-    static FORMATTER: Formatter = Formatter::new();
-}
-
-fn format_record(record: &slog::Record, values: &slog::OwnedKVList) -> Vec<u8> {
-    FORMATTER
-        .try_with(|formatter| formatter.format(record, values))
-        // During thread teardown the thread-local is gone: format with a fresh one.
-        .unwrap_or_else(|_| Formatter::new().format(record, values))
 }
 
 /// The log thread: waits for a line, lets more gather for `BATCH_WINDOW`, writes them at once.

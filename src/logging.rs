@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use slog::{o, Drain, Logger};
 
 use crate::cli::LogFormat;
+use crate::json_log::JsonLines;
 use crate::log_queue;
 
 /// Records the channel holds before callers block: large enough to absorb bursts without
@@ -70,7 +71,7 @@ pub fn init(
             .ignore_res();
             let drain: BoxedDrain = match audit {
                 Some(file) => {
-                    let audit = AuditFilter(json_drain(RecordWriter::new(file)));
+                    let audit = AuditFilter(JsonLines::new(file).ignore_res());
                     Box::new(slog::Duplicate::new(stderr, audit).ignore_res())
                 }
                 None => Box::new(stderr),
@@ -89,71 +90,6 @@ pub fn init(
             )
         }
     })
-}
-
-fn json_drain<W: Write + Send + 'static>(writer: W) -> impl Drain<Ok = (), Err = slog::Never> {
-    slog_json::Json::new(writer)
-        .add_default_keys()
-        .build()
-        .ignore_res()
-}
-
-/// Hands each JSON record to `inner` in one write, once the record is complete.
-///
-/// slog-json writes a record as about ninety small pieces. A `LineWriter` searched each piece
-/// for a newline, which was a fifth of the daemon's instructions per `POST /anomaly` (issue 5,
-/// callgrind); appending to a buffer costs a copy. The record ends with the newline slog-json
-/// writes on its own after it; serde_json escapes newlines inside strings, so no other piece
-/// ends with one.
-pub struct RecordWriter<W: Write> {
-    inner: W,
-    record: Vec<u8>,
-}
-
-impl<W: Write> RecordWriter<W> {
-    /// Capacity kept between records; a larger record's buffer (big `details`) is released.
-    const RETAINED_BYTES: usize = 16 * 1024;
-
-    pub fn new(inner: W) -> RecordWriter<W> {
-        RecordWriter {
-            inner,
-            record: Vec::with_capacity(1024),
-        }
-    }
-
-    fn write_record(&mut self) -> io::Result<()> {
-        if self.record.is_empty() {
-            return Ok(());
-        }
-        let result = self.inner.write_all(&self.record);
-        // Cleared even on error: a record is written once or not at all, never twice.
-        self.record.clear();
-        if self.record.capacity() > Self::RETAINED_BYTES {
-            self.record.shrink_to(Self::RETAINED_BYTES);
-        }
-        result
-    }
-}
-
-impl<W: Write> Write for RecordWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.record.extend_from_slice(buf);
-        if buf.last() == Some(&b'\n') {
-            self.write_record()?;
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.write_record()?;
-        self.inner.flush()
-    }
-}
-
-impl<W: Write> Drop for RecordWriter<W> {
-    fn drop(&mut self) {
-        let _ = self.write_record();
-    }
 }
 
 /// Passes on only the healing-action records.
@@ -219,51 +155,5 @@ impl Write for AuditFile {
 
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::{Arc, Mutex};
-
-    use slog::{crit, info};
-
-    use super::*;
-
-    /// Remembers each write it gets.
-    #[derive(Clone, Default)]
-    struct Writes(Arc<Mutex<Vec<Vec<u8>>>>);
-
-    impl Write for Writes {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().push(buf.to_vec());
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn each_json_record_is_one_write_of_one_line() {
-        let writes = Writes::default();
-        let drain = std::sync::Mutex::new(json_drain(RecordWriter::new(writes.clone())));
-        let log = Logger::root(drain.ignore_res(), o!());
-        crit!(log, "healing action triggered"; "anomaly" => "a\nb", "n" => 1);
-        info!(log, "listening"; "addr" => "127.0.0.1:8000");
-        let writes = writes.0.lock().unwrap().clone();
-        assert_eq!(writes.len(), 2);
-        for write in &writes {
-            let line = std::str::from_utf8(write).unwrap();
-            assert!(
-                line.ends_with('\n') && line.matches('\n').count() == 1,
-                "{line:?}"
-            );
-            serde_json::from_str::<serde_json::Value>(line).unwrap();
-        }
-        let first: serde_json::Value = serde_json::from_slice(&writes[0]).unwrap();
-        assert_eq!(first["msg"], "healing action triggered");
-        assert_eq!(first["anomaly"], "a\nb");
-        assert_eq!(first["n"], 1);
     }
 }
