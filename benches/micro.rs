@@ -124,7 +124,7 @@ fn sample_run(map: &ReflexMap) -> ActionRun {
         .lookup(&anomaly.name)
         .unwrap_or_else(|| panic!("the small map has no reflex for {}", anomaly.name));
     ActionRun {
-        action_id: uuid::Uuid::now_v7().to_string(),
+        action_id: uuid::Uuid::now_v7(),
         anomaly: anomaly.name,
         workflow: workflow.clone(),
         details: Arc::new(anomaly.details),
@@ -142,7 +142,7 @@ struct TriggeredLine<'a> {
     msg: &'static str,
     level: &'static str,
     ts: String,
-    action_id: &'a str,
+    action_id: uuid::Uuid,
     anomaly: &'a str,
     workflow: &'a str,
     action: &'static str,
@@ -173,7 +173,7 @@ fn record_formatting(c: &mut Criterion) {
                 msg: "healing action triggered",
                 level: "CRIT",
                 ts: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-                action_id: &run.action_id,
+                action_id: run.action_id,
                 anomaly: &run.anomaly,
                 workflow: &run.workflow.name,
                 action: run.workflow.action.kind(),

@@ -132,6 +132,7 @@ async fn serve(
         initial.map.reflexes.len(),
         initial.map.workflows.len(),
         Trigger::Startup,
+        || {}, // nothing serves before the listener runs
     );
     let map = Arc::new(ArcSwap::from_pointee(initial));
     let (reload_tx, reload_rx) = mpsc::channel();

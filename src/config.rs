@@ -115,8 +115,9 @@ pub struct Reflex {
 /// A named corrective workflow: its action and the rails that bound it.
 #[derive(Debug, Serialize)]
 pub struct Workflow {
+    /// Shared, so records, metrics, rails and the history hold it without a copy each.
     #[serde(skip)]
-    pub name: String,
+    pub name: Arc<str>,
     #[serde(flatten)]
     pub action: Action,
     pub max_concurrent: u32,
@@ -639,7 +640,7 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
                 RawAction::Webhook(hook) => Action::Webhook(hook),
             };
             let workflow = Workflow {
-                name: name.clone(),
+                name: Arc::from(name.as_str()),
                 action,
                 max_concurrent: raw.max_concurrent,
                 breaker: raw.breaker,
@@ -703,7 +704,7 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
             workflows.insert(
                 reflex.workflow.clone(),
                 Arc::new(Workflow {
-                    name: reflex.workflow.clone(),
+                    name: reflex.workflow.as_str().into(),
                     action: Action::Log,
                     max_concurrent: 1,
                     breaker: None,

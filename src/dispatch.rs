@@ -9,6 +9,7 @@ use slog::Logger;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use uuid::Uuid;
 
 use crate::actions::{self, ActionReport, ActionRun, Source};
 use crate::config::JsonObject;
@@ -66,11 +67,11 @@ impl Anomaly {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DispatchOutcome {
     Dispatched {
-        workflow: String,
-        action_id: String,
+        workflow: Arc<str>,
+        action_id: Uuid,
     },
     Suppressed {
-        workflow: String,
+        workflow: Arc<str>,
         reason: SuppressReason,
     },
     Unmatched,
@@ -85,7 +86,7 @@ impl DispatchOutcome {
             DispatchOutcome::Dispatched {
                 workflow,
                 action_id,
-            } => ("dispatched", Some(workflow), Some(action_id), None),
+            } => ("dispatched", Some(workflow), Some(*action_id), None),
             DispatchOutcome::Suppressed { workflow, reason } => {
                 ("suppressed", Some(workflow), None, Some(reason.as_str()))
             }
@@ -95,8 +96,8 @@ impl DispatchOutcome {
         Answer {
             status,
             anomaly,
-            workflow: workflow.map(String::as_str),
-            action_id: action_id.map(String::as_str),
+            workflow: workflow.map(|name| &**name),
+            action_id,
             reason,
         }
     }
@@ -116,7 +117,7 @@ pub struct Answer<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workflow: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub action_id: Option<&'a str>,
+    pub action_id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
 }
@@ -203,7 +204,7 @@ impl Dispatcher {
             }
         };
         let run = ActionRun {
-            action_id: uuid::Uuid::now_v7().to_string(),
+            action_id: Uuid::now_v7(),
             anomaly: anomaly.name,
             workflow: workflow.clone(),
             details: Arc::new(anomaly.details),
@@ -218,7 +219,7 @@ impl Dispatcher {
         self.history.started(&run);
         let outcome = DispatchOutcome::Dispatched {
             workflow: run.workflow.name.clone(),
-            action_id: run.action_id.clone(),
+            action_id: run.action_id,
         };
         // A log-only action (or a dry run) is over as soon as it starts: finish it here rather
         // than pay for a task (issue 5).
@@ -243,7 +244,7 @@ impl Dispatcher {
         {
             records::circuit_opened(&self.log, &run.workflow.name, &opened);
         }
-        self.history.finished(&run.action_id, report);
+        self.history.finished(run.action_id, report);
         records::action_finished(&self.log, run, report);
     }
 }

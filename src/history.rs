@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use serde::Serialize;
+use uuid::Uuid;
 
 use crate::actions::{ActionReport, ActionRun};
 
@@ -14,9 +15,9 @@ pub const HISTORY_CAPACITY: usize = 1000;
 /// One action as `GET /actions` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ActionEntry {
-    pub action_id: String,
+    pub action_id: Uuid,
     pub anomaly: String,
-    pub workflow: String,
+    pub workflow: Arc<str>,
     pub action: &'static str,
     /// `running` until the action ends, then `ok`, `failed` or `timeout`.
     pub outcome: &'static str,
@@ -44,7 +45,7 @@ impl ActionHistory {
             entries.pop_front();
         }
         entries.push_back(ActionEntry {
-            action_id: run.action_id.clone(),
+            action_id: run.action_id,
             anomaly: run.anomaly.clone(),
             workflow: run.workflow.name.clone(),
             action: run.workflow.action.kind(),
@@ -56,7 +57,7 @@ impl ActionHistory {
     }
 
     /// Fills in how the action ended (if it is still remembered).
-    pub fn finished(&self, action_id: &str, report: &ActionReport) {
+    pub fn finished(&self, action_id: Uuid, report: &ActionReport) {
         let mut entries = self.lock();
         // Recent actions finish first in practice, so search from the newest end.
         if let Some(entry) = entries.iter_mut().rev().find(|e| e.action_id == action_id) {

@@ -11,7 +11,7 @@
 //! values; `workflow` takes the names declared in the reflex map, which the operator controls.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -81,14 +81,14 @@ struct ReceivedLabels {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ActionLabels {
-    workflow: String,
+    workflow: Arc<str>,
     action: &'static str,
     outcome: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct WorkflowLabels {
-    workflow: String,
+    workflow: Arc<str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -209,7 +209,7 @@ impl Metrics {
     /// A healing action of `workflow` finished with `outcome` after `duration`.
     pub fn action_finished(
         &self,
-        workflow: &str,
+        workflow: &Arc<str>,
         action: &'static str,
         outcome: &'static str,
         duration: Duration,
@@ -217,14 +217,14 @@ impl Metrics {
         self.actions_in_flight.dec();
         self.actions
             .get_or_create(&ActionLabels {
-                workflow: workflow.to_string(),
+                workflow: workflow.clone(),
                 action,
                 outcome,
             })
             .inc();
         self.action_duration
             .get_or_create(&WorkflowLabels {
-                workflow: workflow.to_string(),
+                workflow: workflow.clone(),
             })
             .observe(duration.as_secs_f64());
     }
@@ -302,7 +302,7 @@ mod tests {
         let metrics = Metrics::new();
         metrics.anomaly_received(Source::Alertmanager, Received::Duplicate);
         metrics.action_started();
-        metrics.action_finished("page", "log", "ok", Duration::from_millis(3));
+        metrics.action_finished(&Arc::from("page"), "log", "ok", Duration::from_millis(3));
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         metrics.map_loaded(4, at);
         metrics.map_rejected();

@@ -60,9 +60,9 @@ struct RailState {
     /// Size of `cooldown_until` at which expired entries are next swept.
     next_cooldown_sweep: usize,
     /// Workflow name → runs in flight (exec and webhook workflows only).
-    in_flight: HashMap<String, u32>,
+    in_flight: HashMap<Arc<str>, u32>,
     /// Workflow name → recent failures and whether the circuit is open.
-    breakers: HashMap<String, BreakerState>,
+    breakers: HashMap<Arc<str>, BreakerState>,
 }
 
 impl Default for RailState {
@@ -85,7 +85,7 @@ struct BreakerState {
 /// Proof that a run was admitted; hand it back to `Rails::finish` when the run ends.
 #[derive(Debug)]
 pub struct Permit {
-    workflow: String,
+    workflow: Arc<str>,
     counted: bool,
 }
 

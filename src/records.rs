@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use slog::{crit, debug, error, info, warn, Logger};
+use uuid::Uuid;
 
 use crate::actions::{ActionReport, ActionRun, Source};
 use crate::logging::AUDIT_TAG;
@@ -37,6 +38,8 @@ impl Trigger {
 
 /// CRIT `healing action triggered`: the traceable record of a healing action starting.
 pub fn action_triggered(log: &Logger, run: &ActionRun) {
+    let mut action_id = Uuid::encode_buffer();
+    let action_id = run.action_id.hyphenated().encode_lower(&mut action_id);
     crit!(log, #AUDIT_TAG, "healing action triggered";
         "dry_run" => run.dry_run,
         "params" => slog::Serde(run.params.clone()),
@@ -46,7 +49,7 @@ pub fn action_triggered(log: &Logger, run: &ActionRun) {
         "action" => run.workflow.action.kind(),
         "workflow" => &run.workflow.name,
         "anomaly" => &run.anomaly,
-        "action_id" => &run.action_id,
+        "action_id" => &*action_id,
     );
     let metrics = metrics::global();
     metrics.anomaly_received(run.source, Received::Dispatched);
@@ -55,13 +58,15 @@ pub fn action_triggered(log: &Logger, run: &ActionRun) {
 
 /// CRIT `healing action finished`: how the action ended, with its kind-specific keys.
 pub fn action_finished(log: &Logger, run: &ActionRun, report: &ActionReport) {
+    let mut action_id = Uuid::encode_buffer();
+    let action_id = run.action_id.hyphenated().encode_lower(&mut action_id);
     crit!(log, #AUDIT_TAG, "healing action finished";
         ReportKv(report),
         "outcome" => report.outcome.as_str(),
         "action" => run.workflow.action.kind(),
         "workflow" => &run.workflow.name,
         "anomaly" => &run.anomaly,
-        "action_id" => &run.action_id,
+        "action_id" => &*action_id,
     );
     metrics::global().action_finished(
         &run.workflow.name,
@@ -137,7 +142,10 @@ pub fn alert_invalid(log: &Logger, fingerprint: &str, error: &str) {
     metrics::global().anomaly_received(Source::Alertmanager, Received::Invalid);
 }
 
-/// INFO `reflex map loaded`: a new generation of the map is in force.
+/// INFO `reflex map loaded`: a new generation of the map is in force. `put_in_force` swaps it
+/// in, after the metrics count it and before the record says so: whoever sees the new
+/// generation (`GET /reflexes`) also sees it in `GET /metrics`, and whoever reads the record can
+/// rely on the map it names.
 pub fn map_loaded(
     log: &Logger,
     version: &str,
@@ -145,7 +153,10 @@ pub fn map_loaded(
     reflexes: usize,
     workflows: usize,
     trigger: Trigger,
+    put_in_force: impl FnOnce(),
 ) {
+    metrics::global().map_loaded(reflexes, SystemTime::now());
+    put_in_force();
     info!(log, "reflex map loaded";
         "trigger" => trigger.as_str(),
         "workflows" => workflows,
@@ -153,7 +164,6 @@ pub fn map_loaded(
         "generation" => generation,
         "version" => version,
     );
-    metrics::global().map_loaded(reflexes, SystemTime::now());
 }
 
 /// DEBUG `reflex map unchanged`: a reload found the content in force; after a rejected edit is

@@ -359,9 +359,14 @@ impl Reloader {
         };
         let (version, generation) = (loaded.version.clone(), loaded.generation);
         let (reflexes, workflows) = (loaded.map.reflexes.len(), loaded.map.workflows.len());
-        self.handle.store(Arc::new(loaded));
         records::map_loaded(
-            &self.log, &version, generation, reflexes, workflows, trigger,
+            &self.log,
+            &version,
+            generation,
+            reflexes,
+            workflows,
+            trigger,
+            || self.handle.store(Arc::new(loaded)),
         );
         ReloadOutcome::Loaded {
             version,

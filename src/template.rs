@@ -7,6 +7,7 @@
 use std::fmt;
 
 use serde::{Serialize, Serializer};
+use uuid::Uuid;
 
 use crate::config::JsonObject;
 
@@ -33,7 +34,7 @@ enum Part {
 pub struct TemplateContext<'a> {
     pub anomaly: &'a str,
     pub workflow: &'a str,
-    pub action_id: &'a str,
+    pub action_id: Uuid,
     pub details: &'a JsonObject,
     pub params: &'a JsonObject,
 }
@@ -71,7 +72,12 @@ impl Template {
                 Part::Literal(text) => out.push_str(text),
                 Part::Anomaly => out.push_str(context.anomaly),
                 Part::Workflow => out.push_str(context.workflow),
-                Part::ActionId => out.push_str(context.action_id),
+                Part::ActionId => out.push_str(
+                    context
+                        .action_id
+                        .hyphenated()
+                        .encode_lower(&mut Uuid::encode_buffer()),
+                ),
                 Part::Details(path) => out.push_str(&lookup(context.details, path, "details")?),
                 Part::Params(path) => out.push_str(&lookup(context.params, path, "params")?),
             }
@@ -164,7 +170,7 @@ mod tests {
         Template::parse(template).unwrap().expand(&TemplateContext {
             anomaly: "nginx.web1.down",
             workflow: "restart",
-            action_id: "id-1",
+            action_id: Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001),
             details: &details,
             params: &params,
         })
@@ -178,7 +184,7 @@ mod tests {
                 json!({})
             )
             .unwrap(),
-            "--unit=nginx/nginx.web1.down/restart/id-1"
+            "--unit=nginx/nginx.web1.down/restart/01900000-0000-7000-8000-000000000001"
         );
         assert_eq!(expand("{{params.deep.x}}", json!({})).unwrap(), "1");
         assert_eq!(expand("{{details.n}}", json!({"n": 5000})).unwrap(), "5000");

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::config::{Action, JsonObject, Workflow};
 use crate::template::TemplateContext;
@@ -38,7 +39,8 @@ impl Source {
 /// Everything one healing action needs, fixed when it is dispatched.
 #[derive(Debug, Clone)]
 pub struct ActionRun {
-    pub action_id: String,
+    /// A version 7 UUID: unique, and sorts by the time it was dispatched.
+    pub action_id: Uuid,
     pub anomaly: String,
     pub workflow: Arc<Workflow>,
     pub details: Arc<JsonObject>,
@@ -56,7 +58,7 @@ impl ActionRun {
         TemplateContext {
             anomaly: &self.anomaly,
             workflow: &self.workflow.name,
-            action_id: &self.action_id,
+            action_id: self.action_id,
             details: &self.details,
             params: &self.params,
         }
