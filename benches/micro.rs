@@ -179,7 +179,7 @@ fn record_formatting(c: &mut Criterion) {
                 action: run.workflow.action.kind(),
                 source: run.source.as_str(),
                 map_version: &run.map_version,
-                details: &run.details,
+                details: run.details.object(),
                 params: &run.params,
                 dry_run: run.dry_run,
             };

@@ -18,6 +18,7 @@ use slog::Logger;
 
 use crate::actions::Source;
 use crate::config::JsonObject;
+use crate::details::Details;
 use crate::dispatch::{Anomaly, DispatchOutcome, Dispatcher};
 use crate::matcher;
 use crate::records;
@@ -100,7 +101,10 @@ impl Alert {
             "generatorURL".into(),
             Value::String(self.generator_url.clone()),
         );
-        Ok(Anomaly { name, details })
+        Ok(Anomaly {
+            name,
+            details: Details::from_object(details),
+        })
     }
 }
 
@@ -281,7 +285,7 @@ mod tests {
             .anomaly()
             .unwrap();
         assert_eq!(
-            Value::Object(anomaly.details),
+            Value::Object(anomaly.details.object().clone()),
             json!({
                 "labels": {"alertname": "NginxDown", "instance": "web1"},
                 "annotations": {"summary": "nginx is down"},

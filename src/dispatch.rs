@@ -5,6 +5,7 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use slog::Logger;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -12,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::actions::{self, ActionReport, ActionRun, Source};
-use crate::config::JsonObject;
+use crate::details::Details;
 use crate::history::ActionHistory;
 use crate::matcher;
 use crate::rails::{Permit, Rails, SuppressReason};
@@ -20,10 +21,10 @@ use crate::records;
 use crate::reload::MapHandle;
 
 /// An anomaly as a monitor reported it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Anomaly {
     pub name: String,
-    pub details: JsonObject,
+    pub details: Details,
 }
 
 impl Anomaly {
@@ -31,9 +32,10 @@ impl Anomaly {
     pub fn from_json(body: &[u8]) -> Result<Anomaly, String> {
         // Other top-level fields are ignored (SPEC §2), which serde does without building them.
         #[derive(Deserialize)]
-        struct Body {
+        struct Body<'a> {
             name: Option<serde_json::Value>,
-            details: Option<serde_json::Value>,
+            #[serde(borrow)]
+            details: Option<&'a RawValue>,
         }
         let not_an_object = || {
             "the body must be a JSON object like {\"name\": \"...\", \"details\": {...}}"
@@ -54,10 +56,10 @@ impl Anomaly {
             Some(_) => return Err("`name` must be a string".into()),
         };
         matcher::validate_name(&name).map_err(|why| format!("`name` {why}"))?;
+        // `details: null` reaches here as `None`, like a body without details.
         let details = match body.details {
-            None | Some(serde_json::Value::Null) => JsonObject::new(),
-            Some(serde_json::Value::Object(details)) => details,
-            Some(_) => return Err("`details` must be a JSON object".into()),
+            None => Details::empty(),
+            Some(text) => Details::from_json(text)?,
         };
         Ok(Anomaly { name, details })
     }
@@ -286,10 +288,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(anomaly.name, "api_latency.coinbase.high");
-        assert_eq!(anomaly.details["latency_ms"], 5000);
+        assert_eq!(anomaly.details.object()["latency_ms"], 5000);
         assert!(Anomaly::from_json(br#"{"name":"a"}"#)
             .unwrap()
             .details
+            .object()
             .is_empty());
         assert!(Anomaly::from_json(br#"{"name":"a","details":null}"#).is_ok());
     }

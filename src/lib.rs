@@ -7,7 +7,8 @@
 //!   and patterns and `template` for `{{...}}` placeholders.
 //! - `reload` owns the live map (the sole `ArcSwap` writer) and its file watcher.
 //! - `server` is the HTTP API, with `auth` for its bearer token, `connections` for its
-//!   connection cap and `alertmanager` for Alertmanager's webhook; `dispatch` turns an anomaly into an action, through the safety
+//!   connection cap and `alertmanager` for Alertmanager's webhook; `dispatch` turns an anomaly
+//!   (its `details` kept as text) into an action, through the safety
 //!   `rails`, and keeps the `history`; `actions` holds one module per kind of action.
 //! - `records` writes the log records and bumps `metrics`; `logging` builds the slog drain,
 //!   `json_log` formats JSON lines and `log_queue` carries them to the log thread; `systemd` speaks the
@@ -24,6 +25,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod connections;
+pub mod details;
 pub mod dispatch;
 pub mod history;
 pub mod json_log;

@@ -19,6 +19,40 @@ reflexes:
 ";
 
 #[test]
+fn details_sent_over_several_lines_are_one_record_line() {
+    let map = MapDir::new(MAP);
+    let daemon = Daemon::start(&map.path(), &[]);
+    let details = json!({
+        "region": "us-east-1",
+        "note": "line one\nline two \"quoted\" \u{1} é",
+        "nested": {"list": [1, 2.5, null, true], "big": 12345678901234567u64},
+    });
+    // Pretty-printed: line breaks between the tokens, as a shell heredoc would send it.
+    let body = format!(
+        "{{\n  \"name\": \"api_latency.coinbase.high\",\n  \"details\": {}\n}}\n",
+        serde_json::to_string_pretty(&details).unwrap()
+    );
+    let response = daemon.request(
+        "POST",
+        "/anomaly",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(response.status, 202, "{}", response.body);
+    let action_id = response.json()["action_id"].as_str().unwrap().to_string();
+    let triggered =
+        daemon.wait_for_record("healing action triggered", |r| r["action_id"] == action_id);
+    assert_eq!(triggered["details"], details);
+    // Every line the daemon wrote is one whole JSON record.
+    for line in daemon.stderr().lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not a JSON record: {line:?}"
+        );
+    }
+}
+
+#[test]
 fn healing_records_carry_every_key() {
     let map = MapDir::new(MAP);
     let daemon = Daemon::start(&map.path(), &[]);

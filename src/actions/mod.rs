@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::{Action, JsonObject, Workflow};
+use crate::details::Details;
 use crate::template::TemplateContext;
 
 /// Where an anomaly came from, as the `source` key of the triggered record.
@@ -43,7 +44,7 @@ pub struct ActionRun {
     pub action_id: Uuid,
     pub anomaly: String,
     pub workflow: Arc<Workflow>,
-    pub details: Arc<JsonObject>,
+    pub details: Arc<Details>,
     pub params: Arc<JsonObject>,
     pub source: Source,
     /// Version of the map snapshot that matched the anomaly.
@@ -59,7 +60,7 @@ impl ActionRun {
             anomaly: &self.anomaly,
             workflow: &self.workflow.name,
             action_id: self.action_id,
-            details: &self.details,
+            details: self.details.object(),
             params: &self.params,
         }
     }

@@ -1,0 +1,135 @@
+//! An anomaly's `details`: the JSON object a monitor sent, kept as its text.
+//!
+//! Most workflows only log the details, and the record wants them as JSON text again. Parsing
+//! them into a map, and writing the map back out, was a fifth of the daemon's own work per
+//! `POST /anomaly` (issue 5, callgrind). So the text is validated and kept; it is parsed only
+//! when a template or `AUTOHEALER_DETAILS` needs a value from it, and then once.
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
+
+use crate::config::JsonObject;
+
+/// A JSON object, as text on one line, with its parsed form made on first use.
+pub struct Details {
+    text: Box<RawValue>,
+    parsed: OnceLock<JsonObject>,
+}
+
+impl Details {
+    /// `{}`: what an anomaly without details has.
+    pub fn empty() -> Details {
+        Details::from_object(JsonObject::new())
+    }
+
+    /// Details from the text of a JSON value the request's parser has already validated, or
+    /// why they cannot be: they must be an object (SPEC §2).
+    pub fn from_json(value: &RawValue) -> Result<Details, &'static str> {
+        let text = value.get();
+        if !text.starts_with('{') {
+            return Err("`details` must be a JSON object");
+        }
+        // Whitespace between tokens may hold line breaks, which a one-line record cannot;
+        // strings cannot (JSON escapes them). Such a body is rewritten without them.
+        if text.contains(['\n', '\r']) {
+            let object: JsonObject =
+                serde_json::from_str(text).map_err(|_| "`details` must be a JSON object")?;
+            return Ok(Details::from_object(object));
+        }
+        Ok(Details {
+            text: value.to_owned(),
+            parsed: OnceLock::new(),
+        })
+    }
+
+    /// Details built by the daemon itself (from an Alertmanager alert, in tests).
+    pub fn from_object(object: JsonObject) -> Details {
+        // A map of JSON values always serializes: the default (`null`) is never used.
+        let text = serde_json::value::to_raw_value(&object).unwrap_or_default();
+        let parsed = OnceLock::from(object);
+        Details { text, parsed }
+    }
+
+    /// The object, parsed from the text the first time it is asked for.
+    pub fn object(&self) -> &JsonObject {
+        // The text was checked to be an object when these details were made.
+        self.parsed
+            .get_or_init(|| serde_json::from_str(self.text.get()).unwrap_or_default())
+    }
+
+    /// The object as compact JSON text on one line.
+    pub fn as_json(&self) -> &str {
+        self.text.get()
+    }
+}
+
+impl Serialize for Details {
+    /// Written as the object itself: serde_json copies the text; other formats get the object.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.text.serialize(serializer)
+    }
+}
+
+impl fmt::Debug for Details {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_json())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn from_text(text: &str) -> Result<Details, &'static str> {
+        let raw: Box<RawValue> = serde_json::from_str(text).unwrap();
+        Details::from_json(&raw)
+    }
+
+    #[test]
+    fn the_text_is_kept_and_parsed_on_demand() {
+        let details = from_text(r#"{"latency_ms": 5000, "region": "us-east-1"}"#).unwrap();
+        assert_eq!(
+            details.as_json(),
+            r#"{"latency_ms": 5000, "region": "us-east-1"}"#
+        );
+        assert_eq!(details.object()["latency_ms"], 5000);
+        assert_eq!(
+            serde_json::to_value(&details).unwrap(),
+            json!({"latency_ms": 5000, "region": "us-east-1"})
+        );
+    }
+
+    #[test]
+    fn line_breaks_between_tokens_are_taken_out() {
+        let details = from_text("{\n  \"a\": \"x\\ny\",\r\n  \"b\": [1,\n 2]\n}").unwrap();
+        assert_eq!(details.as_json(), r#"{"a":"x\ny","b":[1,2]}"#);
+    }
+
+    #[test]
+    fn only_objects_are_details() {
+        for text in ["[1]", "\"x\"", "5", "true"] {
+            assert_eq!(
+                from_text(text).unwrap_err(),
+                "`details` must be a JSON object"
+            );
+        }
+        assert_eq!(Details::empty().as_json(), "{}");
+        assert!(Details::empty().object().is_empty());
+    }
+
+    #[test]
+    fn details_built_in_the_daemon_read_back_the_same() {
+        let object = json!({"labels": {"instance": "web-1"}})
+            .as_object()
+            .unwrap()
+            .clone();
+        let details = Details::from_object(object.clone());
+        assert_eq!(details.object(), &object);
+        assert_eq!(details.as_json(), r#"{"labels":{"instance":"web-1"}}"#);
+    }
+}
