@@ -11,7 +11,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use indexmap::IndexMap;
@@ -19,6 +19,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::matcher::{self, Matcher, Pattern};
+use crate::metrics::WorkflowSeries;
 use crate::template::Template;
 
 /// JSON object carried by anomalies (`details`) and reflexes (`params`).
@@ -123,6 +124,9 @@ pub struct Workflow {
     pub max_concurrent: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub breaker: Option<Breaker>,
+    /// This workflow's metric series, looked up when its first action finishes.
+    #[serde(skip)]
+    pub series: OnceLock<WorkflowSeries>,
 }
 
 /// What a workflow does when it runs.
@@ -644,6 +648,7 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
                 action,
                 max_concurrent: raw.max_concurrent,
                 breaker: raw.breaker,
+                series: OnceLock::new(),
             };
             (name, Arc::new(workflow))
         })
@@ -708,6 +713,7 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
                     action: Action::Log,
                     max_concurrent: 1,
                     breaker: None,
+                    series: OnceLock::new(),
                 }),
             );
         } else {

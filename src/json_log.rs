@@ -217,8 +217,8 @@ impl slog::Serializer for Fields<'_> {
     }
 }
 
-/// Writes `value` as a JSON string.
-fn write_string(line: &mut Vec<u8>, value: &str) {
+/// Writes `value` as a JSON string: for log lines, and for the answer to `POST /anomaly`.
+pub fn write_string(line: &mut Vec<u8>, value: &str) {
     line.push(b'"');
     write_escaped(line, value);
     line.push(b'"');

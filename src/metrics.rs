@@ -21,7 +21,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry};
 
-use crate::actions::Source;
+use crate::actions::{Outcome, Source};
 
 /// The `Content-Type` of `GET /metrics`: the Prometheus text format, version 0.0.4.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -98,11 +98,23 @@ struct ReloadLabels {
 
 type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
 
+/// One workflow's series of `autohealer_actions_total` (by outcome, in `Outcome` order) and
+/// `autohealer_action_duration_seconds`, looked up once (see `config::Workflow::series`) so a
+/// finished action updates them without hashing its labels.
+#[derive(Debug, Clone)]
+pub struct WorkflowSeries {
+    finished: [Counter; 3],
+    duration: Histogram,
+}
+
 /// Every metric the daemon exports, registered once in `registry`.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     anomalies_received: Family<ReceivedLabels, Counter>,
+    /// The series of `anomalies_received` that exist, by `Source` and `Received`, so counting
+    /// one is an increment rather than a label lookup.
+    received: [[Option<Counter>; Received::ALL.len()]; 2],
     // `workflow` labels come only from names declared in a loaded map; a workflow renamed away
     // keeps its series until restart, so the count is bounded by the names the operator wrote.
     actions: Family<ActionLabels, Counter>,
@@ -119,7 +131,8 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("autohealer");
         let r = &mut registry;
-        let metrics = Metrics {
+        let mut metrics = Metrics {
+            received: Default::default(),
             anomalies_received: register(
                 r,
                 "anomalies_received",
@@ -177,7 +190,8 @@ impl Metrics {
                 if alerts_only && source != Source::Alertmanager {
                     continue;
                 }
-                metrics.anomalies_received_counter(source, result);
+                metrics.received[source as usize][result as usize] =
+                    Some(metrics.anomalies_received_counter(source, result));
             }
         }
         for result in ["success", "failure"] {
@@ -198,7 +212,10 @@ impl Metrics {
 
     /// Counts one anomaly from `source` by what became of it.
     pub fn anomaly_received(&self, source: Source, result: Received) {
-        self.anomalies_received_counter(source, result).inc();
+        match &self.received[source as usize][result as usize] {
+            Some(counter) => counter.inc(),
+            None => self.anomalies_received_counter(source, result).inc(),
+        };
     }
 
     /// A healing action was triggered and is now running.
@@ -206,27 +223,33 @@ impl Metrics {
         self.actions_in_flight.inc();
     }
 
-    /// A healing action of `workflow` finished with `outcome` after `duration`.
-    pub fn action_finished(
-        &self,
-        workflow: &Arc<str>,
-        action: &'static str,
-        outcome: &'static str,
-        duration: Duration,
-    ) {
-        self.actions_in_flight.dec();
-        self.actions
-            .get_or_create(&ActionLabels {
+    /// The series of `workflow` (whose action is of kind `action`), for `action_finished`.
+    /// Every outcome's counter is created at once, so each starts from zero.
+    pub fn workflow_series(&self, workflow: &Arc<str>, action: &'static str) -> WorkflowSeries {
+        let finished = |outcome: Outcome| {
+            self.actions.get_or_create_owned(&ActionLabels {
                 workflow: workflow.clone(),
                 action,
-                outcome,
+                outcome: outcome.as_str(),
             })
-            .inc();
-        self.action_duration
-            .get_or_create(&WorkflowLabels {
+        };
+        WorkflowSeries {
+            finished: [
+                finished(Outcome::Ok),
+                finished(Outcome::Failed),
+                finished(Outcome::Timeout),
+            ],
+            duration: self.action_duration.get_or_create_owned(&WorkflowLabels {
                 workflow: workflow.clone(),
-            })
-            .observe(duration.as_secs_f64());
+            }),
+        }
+    }
+
+    /// A healing action finished with `outcome` after `duration`; `series` are its workflow's.
+    pub fn action_finished(&self, series: &WorkflowSeries, outcome: Outcome, duration: Duration) {
+        self.actions_in_flight.dec();
+        series.finished[outcome as usize].inc();
+        series.duration.observe(duration.as_secs_f64());
     }
 
     /// A map with `reflexes` reflexes was loaded at `at`.
@@ -302,7 +325,8 @@ mod tests {
         let metrics = Metrics::new();
         metrics.anomaly_received(Source::Alertmanager, Received::Duplicate);
         metrics.action_started();
-        metrics.action_finished(&Arc::from("page"), "log", "ok", Duration::from_millis(3));
+        let page = metrics.workflow_series(&Arc::from("page"), "log");
+        metrics.action_finished(&page, Outcome::Ok, Duration::from_millis(3));
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         metrics.map_loaded(4, at);
         metrics.map_rejected();

@@ -225,6 +225,7 @@ mod tests {
             }),
             max_concurrent,
             breaker,
+            series: Default::default(),
         }
     }
 
@@ -292,6 +293,7 @@ mod tests {
             action: Action::Log,
             max_concurrent: 1,
             breaker: None,
+            series: Default::default(),
         };
         let now = Instant::now();
         let _a = rails.admit("a.1", &r, &w, now).unwrap();

@@ -68,12 +68,12 @@ pub fn action_finished(log: &Logger, run: &ActionRun, report: &ActionReport) {
         "anomaly" => &run.anomaly,
         "action_id" => &*action_id,
     );
-    metrics::global().action_finished(
-        &run.workflow.name,
-        run.workflow.action.kind(),
-        report.outcome.as_str(),
-        report.duration,
-    );
+    let metrics = metrics::global();
+    let series = run
+        .workflow
+        .series
+        .get_or_init(|| metrics.workflow_series(&run.workflow.name, run.workflow.action.kind()));
+    metrics.action_finished(series, report.outcome, report.duration);
 }
 
 /// WARN `healing action suppressed`: a safety rail held a matched anomaly back.

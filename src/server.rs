@@ -270,7 +270,10 @@ async fn post_anomaly(
         DispatchOutcome::Suppressed { .. } | DispatchOutcome::Unmatched => StatusCode::OK,
         DispatchOutcome::ShuttingDown => return Err(shutting_down()),
     };
-    Ok(json_response(status, &outcome.answer(&name)))
+    Ok(json_bytes_response(
+        status,
+        outcome.answer(&name).to_json_bytes(),
+    ))
 }
 
 /// Always 200 for Alertmanager's own payloads, whatever became of each alert: Alertmanager
@@ -462,6 +465,11 @@ async fn post_reload(state: &ServerState) -> Result<HttpResponse, ApiError> {
 fn json_response(status: StatusCode, body: &impl serde::Serialize) -> HttpResponse {
     // Serializing plain data into a Vec cannot fail; `null` would be the answer if it did.
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"null".to_vec());
+    json_bytes_response(status, bytes)
+}
+
+/// An answer whose JSON body is already written.
+fn json_bytes_response(status: StatusCode, bytes: Vec<u8>) -> HttpResponse {
     let mut response = Response::new(Full::new(Bytes::from(bytes)));
     *response.status_mut() = status;
     response
