@@ -211,6 +211,7 @@ mod tests {
             key: "a.*".into(),
             is_pattern: true,
             workflow: "w".into(),
+            workflow_index: 0,
             params: Arc::new(JsonObject::new()),
             cooldown,
         }
