@@ -270,20 +270,13 @@ fn webhook_retries_5xx_but_not_4xx() {
 
 #[test]
 fn webhook_to_a_dead_or_hanging_receiver_fails_after_the_retries() {
-    let dead = {
-        let receiver = Receiver::start(&[]);
-        receiver.url("/hook")
-    };
-    // The port was just released: nothing listens there now.
+    // A socket bound but never listening: connecting is refused, and no other test can take
+    // the port while it lives (a port merely released could be reused by a parallel test).
+    let dead = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    dead.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let dead_port = dead.local_addr().unwrap().as_socket().unwrap().port();
     let map = MapDir::new("reflexes: {}\n");
-    let dead_port = dead
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
     let dead_url = format!("http://127.0.0.1:{dead_port}/hook");
     webhook_map(&map, &dead_url, "");
     let daemon = Daemon::start(&map.path(), &[]);
