@@ -2,8 +2,9 @@
 //!
 //! Most workflows only log the details, and the record wants them as JSON text again. Parsing
 //! them into a map, and writing the map back out, was a fifth of the daemon's own work per
-//! `POST /anomaly` (issue 5, callgrind). So the text is validated and kept; it is parsed only
-//! when a template or `AUTOHEALER_DETAILS` needs a value from it, and then once.
+//! `POST /anomaly` (issue 5, callgrind). So the text is validated and kept, and written as it
+//! is into records, webhook bodies and `AUTOHEALER_DETAILS`; it is parsed only when a template
+//! needs a value from it, and then once.
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -67,7 +68,8 @@ impl Details {
 }
 
 impl Serialize for Details {
-    /// Written as the object itself: serde_json copies the text; other formats get the object.
+    /// Written as the object itself by serde_json, which copies the text (other serializers
+    /// would see serde_json's private raw-value struct; all of the daemon's are serde_json).
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         self.text.serialize(serializer)
     }

@@ -4,13 +4,16 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use serde_json::json;
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use super::{ActionReport, ActionRun, Outcome, SHUTDOWN_REASON};
-use crate::config::WebhookAction;
+use crate::config::{JsonObject, WebhookAction};
+use crate::details::Details;
 
 /// Delay before the first retry; doubled for each further retry.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
@@ -69,6 +72,18 @@ pub fn dry_run(hook: &WebhookAction, run: &ActionRun) -> ActionReport {
     }
 }
 
+/// The JSON body of every webhook request (SPEC §3), from borrowed parts.
+#[derive(Serialize)]
+struct Body<'a> {
+    action_id: Uuid,
+    anomaly: &'a str,
+    details: &'a Details,
+    host: &'a str,
+    params: &'a JsonObject,
+    received_at: String,
+    workflow: &'a str,
+}
+
 /// Posts the anomaly, retrying as configured, until success, a final failure or shutdown.
 pub async fn run(
     hook: &WebhookAction,
@@ -81,15 +96,17 @@ pub async fn run(
         Ok(prepared) => prepared,
         Err(err) => return ActionReport::failed(started.elapsed(), err),
     };
-    let body = json!({
-        "anomaly": run.anomaly,
-        "details": *run.details,
-        "workflow": run.workflow.name,
-        "params": *run.params,
-        "action_id": run.action_id,
-        "received_at": humantime::format_rfc3339_millis(run.received_at).to_string(),
-        "host": host(),
-    });
+    // Written once for every attempt; the details go in as the text they arrived as.
+    let body = Body {
+        action_id: run.action_id,
+        anomaly: &run.anomaly,
+        details: &run.details,
+        host: host(),
+        params: &run.params,
+        received_at: humantime::format_rfc3339_millis(run.received_at).to_string(),
+        workflow: &run.workflow.name,
+    };
+    let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
 
     let mut http_status = None;
     let mut last = (Outcome::Failed, String::new());
@@ -108,7 +125,8 @@ pub async fn run(
         let request = client
             .post(hook.url.clone())
             .headers(headers.clone())
-            .json(&body)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body.clone())
             .timeout(hook.timeout)
             .send();
         let response = tokio::select! {
