@@ -101,7 +101,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 65536)]
     pub max_body: usize,
     /// How long shutdown waits for in-flight requests and running actions.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::config::parse_duration)]
     pub shutdown_timeout: Duration,
     /// Most connections served at once; when full, the longest-idle connection is closed to make
     /// room, so a flood of idle or slow clients cannot lock out local monitors.
@@ -109,7 +109,7 @@ pub struct RunArgs {
     pub max_connections: u32,
     /// How long a client may take to send a request's header, and then its body (SPEC §6 fixes
     /// 10s; hidden, so tests can observe a cut-off without waiting that long).
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, hide = true)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::config::parse_duration, hide = true)]
     pub header_read_timeout: Duration,
 }
 
@@ -143,10 +143,6 @@ pub struct SendArgs {
 pub enum LogFormat {
     Term,
     Json,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    crate::config::parse_duration(text)
 }
 
 fn parse_url(text: &str) -> Result<reqwest::Url, String> {

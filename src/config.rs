@@ -426,7 +426,7 @@ impl TryFrom<String> for DurationValue {
 
 /// Longest duration accepted anywhere: far beyond any sensible cooldown or timeout, and far from
 /// the point where adding it to a clock reading overflows.
-pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// Parses a duration written like `500ms`, `30s`, `5m` or `1h`, up to `MAX_DURATION`; shared by
 /// the map and the command line.
@@ -520,7 +520,7 @@ impl TryFrom<String> for WebhookUrl {
 }
 
 /// `url` with its user and password, if any, replaced by `***`.
-pub fn redact_url(url: &reqwest::Url) -> String {
+fn redact_url(url: &reqwest::Url) -> String {
     if url.username().is_empty() && url.password().is_none() {
         return url.to_string();
     }
@@ -673,7 +673,7 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
                 key: key.as_str().to_string(),
                 is_pattern: matches!(key, ReflexKey::Pattern(_)),
                 workflow: reflex.workflow,
-                workflow_index: usize::MAX,
+                workflow_index: 0, // set below, once the workflows are known
                 params: Arc::new(reflex.params),
                 cooldown: reflex.cooldown.map_or(default_cooldown, |d| d.0),
             },
@@ -694,7 +694,7 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
                 key: entry.name.0,
                 is_pattern: false,
                 workflow: entry.workflow,
-                workflow_index: usize::MAX,
+                workflow_index: 0, // set below, once the workflows are known
                 params: Arc::new(entry.params.unwrap_or_default()),
                 cooldown: default_cooldown,
             },
@@ -702,8 +702,9 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
         ));
     }
 
-    for (reflex, section) in &reflexes {
-        if workflows.contains_key(&reflex.workflow) {
+    for (reflex, section) in &mut reflexes {
+        if let Some(index) = workflows.get_index_of(&reflex.workflow) {
+            reflex.workflow_index = index;
             continue;
         }
         if legacy_log_only {
@@ -712,7 +713,7 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
                 "workflow `{}` is not declared (no `workflows:` section), so it runs as log-only",
                 reflex.workflow
             ));
-            workflows.insert(
+            (reflex.workflow_index, _) = workflows.insert_full(
                 reflex.workflow.clone(),
                 Arc::new(Workflow {
                     name: reflex.workflow.as_str().into(),
@@ -736,17 +737,7 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
         return Err(ConfigErrors(errors));
     }
 
-    let reflexes: Vec<Reflex> = reflexes
-        .into_iter()
-        .map(|(mut reflex, _)| {
-            // Every workflow name was checked above; an index out of range would only make the
-            // reflex match nothing.
-            reflex.workflow_index = workflows
-                .get_index_of(&reflex.workflow)
-                .unwrap_or(usize::MAX);
-            reflex
-        })
-        .collect();
+    let reflexes: Vec<Reflex> = reflexes.into_iter().map(|(reflex, _)| reflex).collect();
     let exact = reflexes
         .iter()
         .enumerate()
