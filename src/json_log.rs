@@ -42,7 +42,7 @@ pub fn to_line(record: &Record, values: &OwnedKVList) -> Vec<u8> {
 }
 
 /// Appends `record` to `line` as one JSON object followed by a newline.
-pub fn write_record(line: &mut Vec<u8>, record: &Record, values: &OwnedKVList) {
+fn write_record(line: &mut Vec<u8>, record: &Record, values: &OwnedKVList) {
     line.extend_from_slice(b"{\"msg\":");
     write_fmt_string(line, record.msg());
     line.extend_from_slice(b",\"level\":\"");
@@ -284,13 +284,13 @@ fn write_escaped(line: &mut Vec<u8>, text: &str) {
 /// character. Almost nothing a record holds does, so this is checked eight bytes at a time (a
 /// byte at a time, it was a tenth of a request's instructions).
 fn needs_escape(bytes: &[u8]) -> bool {
-    let needs = |byte: &u8| *byte < 0x20 || *byte == b'"' || *byte == b'\\';
-    let mut words = bytes.chunks_exact(8);
-    let found = words.by_ref().any(|word| match <[u8; 8]>::try_from(word) {
-        Ok(word) => any_byte_needs_escape(u64::from_ne_bytes(word)),
-        Err(_) => word.iter().any(needs),
-    });
-    found || words.remainder().iter().any(needs)
+    let (words, rest) = bytes.as_chunks::<8>();
+    words
+        .iter()
+        .any(|word| any_byte_needs_escape(u64::from_ne_bytes(*word)))
+        || rest
+            .iter()
+            .any(|byte| *byte < 0x20 || *byte == b'"' || *byte == b'\\')
 }
 
 /// Whether any of the eight bytes in `word` is `"`, `\\` or below 0x20. Bit tricks from "Bit

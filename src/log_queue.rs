@@ -116,8 +116,7 @@ fn write_lines<E: Write, A: Write>(lines: Receiver<Queued>, mut stderr: E, mut a
         if !matches!(first, Queued::Flush(_)) {
             std::thread::sleep(BATCH_WINDOW);
         }
-        let mut next = Some(first);
-        while let Some(item) = next {
+        for item in std::iter::once(first).chain(lines.try_iter()) {
             match item {
                 Queued::Line {
                     bytes,
@@ -133,7 +132,6 @@ fn write_lines<E: Write, A: Write>(lines: Receiver<Queued>, mut stderr: E, mut a
                 }
                 Queued::Flush(ack) => flushed.push(ack),
             }
-            next = lines.try_recv().ok();
         }
         // Nothing else can be done with a failed write: stderr closed or the disk full.
         if !stderr_batch.is_empty() {

@@ -1,6 +1,8 @@
-//! The slog pipeline (SPEC §5): term or JSON to stderr, behind an async drain that blocks rather
-//! than drops, with the level filter in front of it so filtered records never cross the channel.
-//! With `--audit-log`, healing-action records are also appended to a file as JSON lines.
+//! The slog pipeline (SPEC §5), to stderr. JSON: each record is formatted on the thread that logs
+//! it and written in batches by `log_queue`'s thread, which filters by level itself. Term:
+//! slog-async, which blocks rather than drops, with the level filter in front of it so filtered
+//! records never cross its channel. With `--audit-log`, healing-action records are also
+//! appended to a file as JSON lines.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IsTerminal, Write};
@@ -18,7 +20,7 @@ use crate::log_queue;
 const LOG_CHANNEL_RECORDS: usize = 4096;
 
 /// The slog tag of the records that describe healing actions: what the audit log keeps.
-/// (A tag survives the async channel; the message's static string does not.)
+/// (A tag survives slog-async's channel; the message's static string does not.)
 pub const AUDIT_TAG: &str = "audit";
 
 /// Keeps the logging thread alive; dropping it flushes every queued record.
@@ -43,24 +45,11 @@ pub fn init(
         LogFormat::Json
     });
     let audit = audit_log.map(AuditFile::open).transpose()?;
-    // The audit log keeps every healing-action record (CRIT and WARN) whatever --log-level
-    // says, so the level applies to stderr alone and the outer filter lets WARN through too.
-    let outer_level = if audit.is_some() && level.as_usize() < slog::Level::Warning.as_usize() {
-        slog::Level::Warning
-    } else {
-        level
-    };
     Ok(match format {
         // The daemon's usual case (journald, files): formatted in place, written in batches.
         LogFormat::Json => {
             let (drain, guard) = log_queue::start(io::stderr(), level, audit, AUDIT_TAG)?;
-            (
-                Logger::root(
-                    slog::LevelFilter::new(drain, outer_level).ignore_res(),
-                    o!(),
-                ),
-                LogGuard::Queue(guard),
-            )
+            (Logger::root(drain, o!()), LogGuard::Queue(guard))
         }
         LogFormat::Term => {
             let decorator = slog_term::TermDecorator::new().stderr().build();
@@ -69,12 +58,21 @@ pub fn init(
                 level,
             )
             .ignore_res();
+            let audit_enabled = audit.is_some();
             let drain: BoxedDrain = match audit {
                 Some(file) => {
                     let audit = AuditFilter(JsonLines::new(file).ignore_res());
                     Box::new(slog::Duplicate::new(stderr, audit).ignore_res())
                 }
                 None => Box::new(stderr),
+            };
+            // The audit log keeps every healing-action record (CRIT and WARN) whatever
+            // --log-level says, so the level above applies to stderr alone and the filter in
+            // front of the channel lets WARN through too.
+            let outer_level = if audit_enabled {
+                level.max(slog::Level::Warning)
+            } else {
+                level
             };
             let (async_drain, guard) = slog_async::Async::new(drain)
                 .chan_size(LOG_CHANNEL_RECORDS)

@@ -61,7 +61,7 @@ impl Received {
     ];
 
     /// The label value.
-    pub fn as_str(self) -> &'static str {
+    fn as_str(self) -> &'static str {
         match self {
             Received::Dispatched => "dispatched",
             Received::Unmatched => "unmatched",

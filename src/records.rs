@@ -38,8 +38,6 @@ impl Trigger {
 
 /// CRIT `healing action triggered`: the traceable record of a healing action starting.
 pub fn action_triggered(log: &Logger, run: &ActionRun) {
-    let mut action_id = Uuid::encode_buffer();
-    let action_id = run.action_id.hyphenated().encode_lower(&mut action_id);
     crit!(log, #AUDIT_TAG, "healing action triggered";
         "dry_run" => run.dry_run,
         "params" => slog::Serde(run.params.clone()),
@@ -49,7 +47,7 @@ pub fn action_triggered(log: &Logger, run: &ActionRun) {
         "action" => run.workflow.action.kind(),
         "workflow" => &run.workflow.name,
         "anomaly" => &run.anomaly,
-        "action_id" => &*action_id,
+        "action_id" => &*run.action_id.hyphenated().encode_lower(&mut Uuid::encode_buffer()),
     );
     let metrics = metrics::global();
     metrics.anomaly_received(run.source, Received::Dispatched);
@@ -58,15 +56,13 @@ pub fn action_triggered(log: &Logger, run: &ActionRun) {
 
 /// CRIT `healing action finished`: how the action ended, with its kind-specific keys.
 pub fn action_finished(log: &Logger, run: &ActionRun, report: &ActionReport) {
-    let mut action_id = Uuid::encode_buffer();
-    let action_id = run.action_id.hyphenated().encode_lower(&mut action_id);
     crit!(log, #AUDIT_TAG, "healing action finished";
         ReportKv(report),
         "outcome" => report.outcome.as_str(),
         "action" => run.workflow.action.kind(),
         "workflow" => &run.workflow.name,
         "anomaly" => &run.anomaly,
-        "action_id" => &*action_id,
+        "action_id" => &*run.action_id.hyphenated().encode_lower(&mut Uuid::encode_buffer()),
     );
     let metrics = metrics::global();
     let series = run
@@ -94,7 +90,7 @@ pub fn action_suppressed(
 
 /// CRIT `circuit opened`: a workflow failed too often and is suspended until `until`.
 pub fn circuit_opened(log: &Logger, workflow: &str, opened: &CircuitOpened) {
-    let until = std::time::SystemTime::now() + opened.open_for;
+    let until = SystemTime::now() + opened.open_for;
     crit!(log, #AUDIT_TAG, "circuit opened";
         "until" => %humantime::format_rfc3339_seconds(until),
         "within" => %humantime::format_duration(opened.within),
