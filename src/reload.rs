@@ -255,7 +255,8 @@ pub struct Reloader {
     path: PathBuf,
     handle: MapHandle,
     log: Logger,
-    /// Names in the config's directory whose events matter; shared with the watcher callback.
+    /// Names whose events matter (the config's, and a symlink's final target's in its own
+    /// directory); shared with the watcher callback.
     watched_names: Arc<Mutex<Vec<OsString>>>,
     /// Digest of the last rejected content, so one bad save is reported once, not per event.
     rejected_digest: Option<[u8; 32]>,
@@ -322,7 +323,7 @@ impl Reloader {
         outcome
     }
 
-    /// Read → digest (unchanged: stop) → compile → store → record.
+    /// Read → digest (unchanged: record, stop) → compile → count, store and record.
     fn reload_map(&mut self, trigger: Trigger) -> ReloadOutcome {
         // A symlink may have been re-pointed; follow its new target from now on.
         let names = watched_names(&self.path);
@@ -449,14 +450,20 @@ impl Reloader {
             ReloadMessage::WatchFailed(error) => {
                 records::watcher_failed(&self.log, &error);
                 // The watcher may be dead (its directory moved away): build a new one, then look
-                // at the file once, since events may have been lost meanwhile.
-                if let Some(old) = self.watch.take() {
-                    drop(old.watcher);
-                    if let Err(err) = self.start_watching(old.messages) {
-                        records::watcher_failed(&self.log, &err.to_string());
+                // at the file once, since events may have been lost meanwhile. A new watcher
+                // queues that look itself; without one, look now.
+                let rearmed = match self.watch.take() {
+                    Some(old) => {
+                        drop(old.watcher);
+                        self.start_watching(old.messages)
+                            .map_err(|err| records::watcher_failed(&self.log, &err.to_string()))
+                            .is_ok()
                     }
+                    None => false,
+                };
+                if !rearmed {
+                    self.reload(Trigger::Watch);
                 }
-                self.reload(Trigger::Watch);
             }
             ReloadMessage::Reload { trigger, reply } => {
                 let outcome = self.reload(trigger);
