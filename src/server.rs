@@ -186,9 +186,11 @@ async fn route(state: &ServerState, request: Request<Incoming>) -> Result<HttpRe
     let method = request.method().clone();
     let path = request.uri().path();
     // Health checks stay open so load balancers and systemd probes need no secret (SPEC §2).
-    if !matches!(path, "/healthz" | "/health") {
-        authorize(state, &request)?;
+    if let "/healthz" | "/health" = path {
+        allow(&method, Method::GET, "GET")?;
+        return Ok(json_response(StatusCode::OK, &json!({"status": "ok"})));
     }
+    authorize(state, &request)?;
     match path {
         "/anomaly" => {
             allow(&method, Method::POST, "POST")?;
@@ -201,10 +203,6 @@ async fn route(state: &ServerState, request: Request<Incoming>) -> Result<HttpRe
         "/metrics" => {
             allow(&method, Method::GET, "GET")?;
             get_metrics()
-        }
-        "/healthz" | "/health" => {
-            allow(&method, Method::GET, "GET")?;
-            Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
         }
         "/reflexes" => {
             allow(&method, Method::GET, "GET")?;
@@ -276,8 +274,6 @@ async fn post_anomaly(
     ))
 }
 
-/// Always 200 for Alertmanager's own payloads, whatever became of each alert: Alertmanager
-/// retries a 5xx, and a 4xx is for a body that is not its payload at all.
 /// The answer once shutdown has begun: 503, which monitors and Alertmanager retry.
 fn shutting_down() -> ApiError {
     ApiError::new(
@@ -286,6 +282,8 @@ fn shutting_down() -> ApiError {
     )
 }
 
+/// 200 for Alertmanager's own payloads, whatever became of each alert (a 4xx is for a body that
+/// is not its payload at all); 503 once shutdown has begun, which Alertmanager retries.
 async fn post_alertmanager(
     state: &ServerState,
     request: Request<Incoming>,
