@@ -598,7 +598,7 @@ fn exec_maps_others_could_replace_are_refused() {
 fn audit_log_keeps_warn_records_whatever_the_log_level() {
     let map = MapDir::new("workflows: {page: {}}\nreflexes: {a: {workflow: page, cooldown: 1h}}\n");
     let audit = map.file("audit.log");
-    let daemon = Daemon::start_quiet(
+    let mut daemon = Daemon::start_quiet(
         &map.path(),
         &[
             "--audit-log",
@@ -623,6 +623,8 @@ fn audit_log_keeps_warn_records_whatever_the_log_level() {
             .any(|l| l["msg"] == "healing action suppressed")
     });
     daemon.wait_for_record("healing action finished", |_| true);
-    // stderr keeps to --log-level critical.
+    // stderr keeps to --log-level critical; all of it is read once the daemon has exited.
+    daemon.signal(Signal::SIGTERM);
+    daemon.wait_exit();
     assert!(daemon.records_with("healing action suppressed").is_empty());
 }

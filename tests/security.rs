@@ -163,8 +163,11 @@ fn listening_beyond_loopback_without_a_token_warns() {
         &["--listen", "0.0.0.0:0", "--token-file", &token],
     ));
     let loopback = Daemon::start(&map.path(), &[]);
-    for quiet in [&daemon, &loopback] {
+    for mut quiet in [daemon, loopback] {
         quiet.get("/healthz");
+        // Everything it will ever write is read once it has exited.
+        quiet.signal(Signal::SIGTERM);
+        quiet.wait_exit();
         assert!(quiet.records_with("listening without a token").is_empty());
     }
 }

@@ -194,11 +194,6 @@ pub fn add_daemon_args(command: &mut Command, config: &Path, args: &[&str]) {
         .stderr(Stdio::piped());
 }
 
-/// Spawns the daemon with JSON logs and a thread collecting its stderr lines.
-fn spawn(config: &Path, args: &[&str]) -> (Child, Stderr) {
-    spawn_command(daemon_command(config, args))
-}
-
 /// Spawns `command` (stderr piped) and a thread collecting its stderr lines.
 fn spawn_command(mut command: Command) -> (Child, Stderr) {
     let mut child = command.spawn().expect("spawn autohealer");
@@ -415,11 +410,6 @@ impl Daemon {
         self.get("/reflexes").json()["generation"]
             .as_u64()
             .expect("generation")
-    }
-
-    /// The daemon's process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     /// Sends a Unix signal to the daemon.
