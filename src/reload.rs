@@ -162,14 +162,8 @@ fn who_else_can_change(path: &Path, file: &MapFile) -> Option<String> {
             file.mode & 0o7777
         ));
     }
-    let mut dirs = vec![config_dir(path)];
-    if let Some(target_dir) = std::fs::canonicalize(path)
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-    {
-        dirs.push(target_dir);
-    }
-    for dir in dirs {
+    // The directories whose entries decide what the path reads: the watcher's.
+    for dir in watch_dirs(path) {
         let Ok(meta) = std::fs::metadata(&dir) else {
             continue;
         };
