@@ -72,8 +72,9 @@ impl Alert {
         Ok(name.clone())
     }
 
-    /// The anomaly this firing alert stands for; its details keep Alertmanager's own names.
-    fn anomaly(&self) -> Result<Anomaly, String> {
+    /// The anomaly name, once the alert is known to be usable: named, and with a fingerprint
+    /// to tell a re-sent copy by.
+    fn checked_name(&self) -> Result<String, String> {
         let name = self.name()?;
         if self.fingerprint.is_empty() {
             return Err(
@@ -81,6 +82,12 @@ impl Alert {
                     .into(),
             );
         }
+        Ok(name)
+    }
+
+    /// The details of the anomaly this alert stands for, in Alertmanager's own names. Built
+    /// only for an alert that will be acted on: resolved and re-sent alerts never need them.
+    fn details(&self) -> Details {
         let strings = |map: &IndexMap<String, String>| -> JsonObject {
             map.iter()
                 .map(|(k, v)| (k.clone(), Value::String(v.clone())))
@@ -101,10 +108,7 @@ impl Alert {
             "generatorURL".into(),
             Value::String(self.generator_url.clone()),
         );
-        Ok(Anomaly {
-            name,
-            details: Details::from_object(details),
-        })
+        Details::from_object(details)
     }
 }
 
@@ -190,25 +194,28 @@ impl AlertReceiver {
     }
 
     fn handle(&self, alert: Alert, dispatcher: &Dispatcher, log: &Logger) -> AlertResult {
-        let anomaly = match alert.anomaly() {
-            Ok(anomaly) => anomaly,
+        let name = match alert.checked_name() {
+            Ok(name) => name,
             Err(error) => {
                 records::alert_invalid(log, &alert.fingerprint, &error);
                 return AlertResult::Invalid { error };
             }
         };
-        let name = anomaly.name.clone();
         if alert.status == AlertStatus::Resolved {
             records::alert_resolved(log, &name, &alert.fingerprint, &alert.starts_at);
             return AlertResult::Resolved { anomaly: name };
         }
-        let key = (alert.fingerprint, alert.starts_at);
+        let key = (alert.fingerprint.clone(), alert.starts_at.clone());
         // Claiming the key before dispatching makes two concurrent deliveries of one alert (a
         // retry racing the original) act once.
         if !self.claim(&key) {
             records::alert_duplicate(log, &name, &key.0, &key.1);
             return AlertResult::Duplicate { anomaly: name };
         }
+        let anomaly = Anomaly {
+            name: name.clone(),
+            details: alert.details(),
+        };
         let outcome = dispatcher.dispatch(anomaly, Source::Alertmanager);
         if !matches!(outcome, DispatchOutcome::Dispatched { .. }) {
             // Nothing was acted on: a re-send may match a reflex added since, so let it through.
@@ -222,12 +229,8 @@ impl AlertReceiver {
 
     /// Records `key` as acted on; false when it already was (which refreshes it).
     fn claim(&self, key: &AlertKey) -> bool {
-        let mut acted_on = self.lock();
-        if acted_on.get(key).is_some() {
-            return false;
-        }
-        acted_on.put(key.clone(), ());
-        true
+        // `put` refreshes a key already there and says whether it was.
+        self.lock().put(key.clone(), ()).is_none()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<AlertKey, ()>> {
@@ -281,11 +284,10 @@ mod tests {
 
     #[test]
     fn details_carry_labels_annotations_and_identity() {
-        let anomaly = parse_one(alert(json!({"alertname": "NginxDown", "instance": "web1"})))
-            .anomaly()
-            .unwrap();
+        let details =
+            parse_one(alert(json!({"alertname": "NginxDown", "instance": "web1"}))).details();
         assert_eq!(
-            Value::Object(anomaly.details.object().clone()),
+            Value::Object(details.object().clone()),
             json!({
                 "labels": {"alertname": "NginxDown", "instance": "web1"},
                 "annotations": {"summary": "nginx is down"},
