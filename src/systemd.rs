@@ -168,11 +168,7 @@ impl Notifier {
     pub fn stopping(&self, status: &str) {
         if let Some(socket) = &self.socket {
             socket.stopping.store(true, Ordering::SeqCst);
-            let message = format(&[NotifyState::Stopping, NotifyState::Status(status)]);
-            // Nobody can act on a lost notification; systemd falls back on its timeouts.
-            let _ = socket
-                .datagram
-                .send_to_addr(message.as_bytes(), &socket.addr);
+            socket.transmit(&[NotifyState::Stopping, NotifyState::Status(status)]);
         }
     }
 
@@ -181,10 +177,16 @@ impl Notifier {
         if socket.stopping.load(Ordering::SeqCst) {
             return;
         }
-        let message = format(states);
-        let _ = socket
+        socket.transmit(states);
+    }
+}
+
+impl NotifySocket {
+    fn transmit(&self, states: &[NotifyState]) {
+        // Nobody can act on a lost notification; systemd falls back on its timeouts.
+        let _ = self
             .datagram
-            .send_to_addr(message.as_bytes(), &socket.addr);
+            .send_to_addr(format(states).as_bytes(), &self.addr);
     }
 }
 
