@@ -35,14 +35,9 @@ fn expand_argv(exec: &ExecAction, run: &ActionRun) -> Result<Vec<String>, String
 
 /// Reports what would run, without running it.
 pub fn dry_run(exec: &ExecAction, run: &ActionRun) -> ActionReport {
-    match expand_argv(exec, run) {
-        Ok(argv) => {
-            let mut report = ActionReport::new(Outcome::Ok, Duration::ZERO, None);
-            report.would_run = Some(serde_json::to_string(&argv).unwrap_or_default());
-            report
-        }
-        Err(err) => ActionReport::failed(Duration::ZERO, err),
-    }
+    ActionReport::dry_run(
+        expand_argv(exec, run).map(|argv| serde_json::to_string(&argv).unwrap_or_default()),
+    )
 }
 
 /// Runs the command to completion, timeout or shutdown.

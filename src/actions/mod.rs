@@ -119,6 +119,17 @@ impl ActionReport {
         }
     }
 
+    /// The report of a dry run: what would have run, or why it could not.
+    pub fn dry_run(would_run: Result<String, String>) -> ActionReport {
+        match would_run {
+            Ok(would_run) => ActionReport {
+                would_run: Some(would_run),
+                ..ActionReport::new(Outcome::Ok, Duration::ZERO, None)
+            },
+            Err(err) => ActionReport::failed(Duration::ZERO, err),
+        }
+    }
+
     /// A failed report with `error` as the reason.
     pub fn failed(duration: Duration, error: impl Into<String>) -> ActionReport {
         ActionReport::new(Outcome::Failed, duration, Some(error.into()))

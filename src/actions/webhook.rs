@@ -62,14 +62,7 @@ fn headers(hook: &WebhookAction, run: &ActionRun) -> Result<HeaderMap, String> {
 
 /// Reports what would be posted, without posting it.
 pub fn dry_run(hook: &WebhookAction, run: &ActionRun) -> ActionReport {
-    match headers(hook, run) {
-        Ok(_) => {
-            let mut report = ActionReport::new(Outcome::Ok, Duration::ZERO, None);
-            report.would_run = Some(format!("POST {}", hook.shown_url));
-            report
-        }
-        Err(err) => ActionReport::failed(Duration::ZERO, err),
-    }
+    ActionReport::dry_run(headers(hook, run).map(|_| format!("POST {}", hook.shown_url)))
 }
 
 /// The JSON body of every webhook request (SPEC §3), from borrowed parts.
