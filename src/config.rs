@@ -177,14 +177,29 @@ pub struct WebhookAction {
     #[serde(serialize_with = "serialize_duration")]
     pub timeout: Duration,
     pub retries: u32,
-    /// Extra request headers; values are templates.
+    /// Extra request headers, by name as written; values are templates.
     #[serde(serialize_with = "serialize_header_names")]
-    pub headers: IndexMap<String, Template>,
+    pub headers: IndexMap<String, HeaderTemplate>,
+}
+
+/// One webhook header: its name, checked and parsed once at load, and its value's template.
+#[derive(Debug, Clone)]
+pub struct HeaderTemplate {
+    pub name: hyper::header::HeaderName,
+    pub value: Template,
+}
+
+impl HeaderTemplate {
+    /// The value's template as written in the map.
+    #[cfg(test)]
+    pub fn as_str(&self) -> &str {
+        self.value.as_str()
+    }
 }
 
 /// Header values are shown as `***`: they are where tokens go.
 fn serialize_header_names<S: Serializer>(
-    headers: &IndexMap<String, Template>,
+    headers: &IndexMap<String, HeaderTemplate>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
     s.collect_map(headers.keys().map(|name| (name, "***")))
@@ -476,16 +491,20 @@ impl TryFrom<Vec<String>> for Argv {
 /// Webhook headers: valid header names, template values.
 #[derive(Debug, Default, Deserialize)]
 #[serde(try_from = "IndexMap<String, String>")]
-struct Headers(IndexMap<String, Template>);
+struct Headers(IndexMap<String, HeaderTemplate>);
 
 impl TryFrom<IndexMap<String, String>> for Headers {
     type Error = String;
     fn try_from(raw: IndexMap<String, String>) -> Result<Self, String> {
         raw.into_iter()
             .map(|(name, value)| {
-                hyper::header::HeaderName::from_bytes(name.as_bytes())
+                let parsed = hyper::header::HeaderName::from_bytes(name.as_bytes())
                     .map_err(|_| format!("invalid header name `{name}`"))?;
-                Ok((name, Template::parse(&value)?))
+                let header = HeaderTemplate {
+                    name: parsed,
+                    value: Template::parse(&value)?,
+                };
+                Ok((name, header))
             })
             .collect::<Result<_, String>>()
             .map(Headers)

@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -49,13 +49,12 @@ fn host() -> &'static str {
 fn headers(hook: &WebhookAction, run: &ActionRun) -> Result<HeaderMap, String> {
     let context = run.template_context();
     let mut headers = HeaderMap::new();
-    for (name, template) in &hook.headers {
-        let value = template.expand(&context)?;
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("invalid header name `{name}`"))?;
+    for header in hook.headers.values() {
+        let value = header.value.expand(&context)?;
+        let name = &header.name;
         let value = HeaderValue::from_str(&value)
             .map_err(|_| format!("header `{name}` expands to a value that is not valid in HTTP"))?;
-        headers.insert(name, value);
+        headers.insert(name.clone(), value);
     }
     Ok(headers)
 }
