@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use slog::Drain;
 
-use crate::json_log;
+use crate::{json_log, logging};
 
 /// Lines the queue holds before a logging thread blocks.
 const QUEUED_LINES: usize = 16 * 1024;
@@ -40,9 +40,8 @@ pub struct QueuedJson {
     queue: SyncSender<Queued>,
     /// Records below this level go to the audit log only (or nowhere).
     stderr_level: slog::Level,
-    /// Whether records tagged `audit_tag` are also written to the audit log.
+    /// Whether healing-action records (`logging::is_audit`) are also written to the audit log.
     audit: bool,
-    audit_tag: &'static str,
 }
 
 /// Flushes the queue when dropped: every record logged before is written.
@@ -59,13 +58,12 @@ impl Drop for QueueGuard {
     }
 }
 
-/// Starts the log thread writing to `stderr` and, when given, `audit` (records tagged
-/// `audit_tag`); returns the drain and the guard that flushes it.
+/// Starts the log thread writing to `stderr` and, when given, `audit` (the healing-action
+/// records); returns the drain and the guard that flushes it.
 pub fn start<E, A>(
     stderr: E,
     stderr_level: slog::Level,
     audit: Option<A>,
-    audit_tag: &'static str,
 ) -> io::Result<(QueuedJson, QueueGuard)>
 where
     E: Write + Send + 'static,
@@ -80,7 +78,6 @@ where
         queue: queue.clone(),
         stderr_level,
         audit: has_audit,
-        audit_tag,
     };
     Ok((drain, QueueGuard { queue }))
 }
@@ -91,7 +88,7 @@ impl Drain for QueuedJson {
 
     fn log(&self, record: &slog::Record, values: &slog::OwnedKVList) -> Result<(), slog::Never> {
         let to_stderr = record.level().is_at_least(self.stderr_level);
-        let to_audit = self.audit && record.tag() == self.audit_tag;
+        let to_audit = self.audit && logging::is_audit(record);
         if !to_stderr && !to_audit {
             return Ok(());
         }
@@ -184,13 +181,7 @@ mod tests {
     #[test]
     fn every_record_is_written_by_the_time_the_guard_is_dropped() {
         let (stderr, audit) = (Captured::default(), Captured::default());
-        let (drain, guard) = start(
-            stderr.clone(),
-            slog::Level::Info,
-            Some(audit.clone()),
-            "audit",
-        )
-        .unwrap();
+        let (drain, guard) = start(stderr.clone(), slog::Level::Info, Some(audit.clone())).unwrap();
         let log = slog::Logger::root(drain.fuse(), slog::o!());
         let threads: Vec<_> = (0..4)
             .map(|t| {
@@ -224,13 +215,8 @@ mod tests {
     #[test]
     fn audit_records_below_the_stderr_level_still_reach_the_audit_log() {
         let (stderr, audit) = (Captured::default(), Captured::default());
-        let (drain, guard) = start(
-            stderr.clone(),
-            slog::Level::Critical,
-            Some(audit.clone()),
-            "audit",
-        )
-        .unwrap();
+        let (drain, guard) =
+            start(stderr.clone(), slog::Level::Critical, Some(audit.clone())).unwrap();
         let log = slog::Logger::root(drain.fuse(), slog::o!());
         slog::warn!(log, #"audit", "healing action suppressed");
         drop(guard);

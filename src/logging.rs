@@ -23,6 +23,11 @@ const LOG_CHANNEL_RECORDS: usize = 4096;
 /// (A tag survives slog-async's channel; the message's static string does not.)
 pub const AUDIT_TAG: &str = "audit";
 
+/// Whether `record` is one the audit log keeps.
+pub fn is_audit(record: &slog::Record) -> bool {
+    record.tag() == AUDIT_TAG
+}
+
 /// Keeps the logging thread alive; dropping it flushes every queued record.
 pub enum LogGuard {
     /// The term format's slog-async thread.
@@ -48,7 +53,7 @@ pub fn init(
     Ok(match format {
         // The daemon's usual case (journald, files): formatted in place, written in batches.
         LogFormat::Json => {
-            let (drain, guard) = log_queue::start(io::stderr(), level, audit, AUDIT_TAG)?;
+            let (drain, guard) = log_queue::start(io::stderr(), level, audit)?;
             (Logger::root(drain, o!()), LogGuard::Queue(guard))
         }
         LogFormat::Term => {
@@ -98,7 +103,7 @@ impl<D: Drain<Ok = (), Err = slog::Never>> Drain for AuditFilter<D> {
     type Err = slog::Never;
 
     fn log(&self, record: &slog::Record, values: &slog::OwnedKVList) -> Result<(), slog::Never> {
-        if record.tag() == AUDIT_TAG {
+        if is_audit(record) {
             self.0.log(record, values)?;
         }
         Ok(())
