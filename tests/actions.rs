@@ -28,9 +28,11 @@ fn dispatch(daemon: &Daemon, name: &str, details: Value) -> String {
     response.json()["action_id"].as_str().unwrap().to_string()
 }
 
-/// Waits until process `pid` no longer runs (a killed child may linger as a zombie until init
-/// reaps it; either way it is not running).
-fn wait_for_process_gone(pid: &str) {
+/// Waits until the process whose id is in `pidfile` no longer runs (a killed child may linger
+/// as a zombie until init reaps it; either way it is not running).
+fn wait_for_process_gone(pidfile: &Path) {
+    let pid = std::fs::read_to_string(pidfile).unwrap();
+    let pid = pid.trim();
     wait_until(
         &format!("process {pid} to be gone"),
         || match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -38,6 +40,15 @@ fn wait_for_process_gone(pid: &str) {
             Ok(stat) => stat.split_whitespace().nth(2) == Some("Z"),
         },
     );
+}
+
+/// The JSON lines in the file at `path` so far (none while it does not exist).
+fn json_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 fn yaml_str(path: &Path) -> String {
@@ -143,11 +154,7 @@ fn timeout_kills_the_whole_process_group() {
         record["error"],
         "timed out after 300ms; killed its process group"
     );
-    let pid = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .to_string();
-    wait_for_process_gone(&pid);
+    wait_for_process_gone(&pidfile);
 }
 
 #[test]
@@ -453,15 +460,8 @@ fn audit_log_appends_healing_records_and_follows_rotation() {
     let first = dispatch(&daemon, "a", json!({"n": 1}));
     daemon.post_anomaly(&json!({"name": "unmatched.one"}));
     finished(&daemon, &first);
-    let read = |path: &Path| -> Vec<Value> {
-        std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
-    wait_until("two audit lines", || read(&audit).len() == 2);
-    let lines = read(&audit);
+    wait_until("two audit lines", || json_lines(&audit).len() == 2);
+    let lines = json_lines(&audit);
     assert_eq!(lines[0]["msg"], "healing action triggered");
     assert_eq!(lines[0]["details"], json!({"n": 1}));
     assert_eq!(lines[1]["msg"], "healing action finished");
@@ -474,9 +474,9 @@ fn audit_log_appends_healing_records_and_follows_rotation() {
     std::fs::rename(&audit, &rotated).unwrap();
     let second = dispatch(&daemon, "a", json!({"n": 2}));
     finished(&daemon, &second);
-    wait_until("the new audit file", || read(&audit).len() == 2);
-    assert_eq!(read(&audit)[0]["action_id"], second);
-    assert_eq!(read(&rotated).len(), 2);
+    wait_until("the new audit file", || json_lines(&audit).len() == 2);
+    assert_eq!(json_lines(&audit)[0]["action_id"], second);
+    assert_eq!(json_lines(&rotated).len(), 2);
 }
 
 #[test]
@@ -487,12 +487,7 @@ fn group_writable_exec_maps_are_refused() {
     let failure = Daemon::try_start(&map.path(), &[])
         .err()
         .expect("must refuse");
-    assert_eq!(failure.status.code(), Some(78));
-    assert!(
-        failure.stderr.contains("fix with: chmod go-w"),
-        "{}",
-        failure.stderr
-    );
+    failure.assert_exit(78, "fix with: chmod go-w");
 
     // At reload: rejected, old map kept.
     std::fs::set_permissions(map.path(), std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -560,11 +555,7 @@ fn sigterm_past_the_timeout_kills_the_action_and_records_it() {
         record["error"],
         "the daemon shut down before the action finished; killed its process group"
     );
-    let pid = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .to_string();
-    wait_for_process_gone(&pid);
+    wait_for_process_gone(&pidfile);
 }
 
 #[test]
@@ -610,15 +601,8 @@ fn audit_log_keeps_warn_records_whatever_the_log_level() {
     assert_eq!(daemon.post_anomaly(&json!({"name": "a"})).status, 202);
     let response = daemon.post_anomaly(&json!({"name": "a"}));
     assert_eq!(response.json()["reason"], "cooldown");
-    let audit_lines = || -> Vec<Value> {
-        std::fs::read_to_string(&audit)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
     wait_until("the suppressed record in the audit log", || {
-        audit_lines()
+        json_lines(&audit)
             .iter()
             .any(|l| l["msg"] == "healing action suppressed")
     });

@@ -61,25 +61,18 @@ fn startup_with_a_missing_or_invalid_map_exits_78() {
     let failure = Daemon::try_start(std::path::Path::new("/nonexistent/map.yml"), &[])
         .err()
         .expect("must not start");
-    assert_eq!(failure.status.code(), Some(78));
-    assert!(
-        failure.stderr.contains("cannot read the reflex map"),
-        "{}",
-        failure.stderr
-    );
+    failure.assert_exit(78, "cannot read the reflex map");
 
     let map = MapDir::new("workflows: {}\nreflexes:\n  a: b\n");
     let failure = Daemon::try_start(&map.path(), &[])
         .err()
         .expect("must not start");
-    assert_eq!(failure.status.code(), Some(78));
-    assert!(
-        failure.stderr.contains(&format!(
+    failure.assert_exit(
+        78,
+        &format!(
             "{}:3:3: reflex `a` names workflow `b`, which is not declared under `workflows:`",
             map.path().display()
-        )),
-        "{}",
-        failure.stderr
+        ),
     );
 }
 

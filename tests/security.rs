@@ -128,25 +128,13 @@ fn an_empty_or_missing_token_file_stops_startup_with_exit_78() {
     let failure = Daemon::try_start(&map.path(), &["--token-file", &token])
         .err()
         .expect("must not start");
-    assert_eq!(failure.status.code(), Some(78));
-    assert!(
-        failure
-            .stderr
-            .contains(&format!("{token}: the token file is empty")),
-        "{}",
-        failure.stderr
-    );
+    failure.assert_exit(78, &format!("{token}: the token file is empty"));
 
     let missing = map.file("missing").display().to_string();
     let failure = Daemon::try_start(&map.path(), &["--token-file", &missing])
         .err()
         .expect("must not start");
-    assert_eq!(failure.status.code(), Some(78));
-    assert!(
-        failure.stderr.contains("cannot read the token file"),
-        "{}",
-        failure.stderr
-    );
+    failure.assert_exit(78, "cannot read the token file");
 }
 
 #[test]

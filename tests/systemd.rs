@@ -222,25 +222,13 @@ fn unusable_passed_sockets_stop_startup_with_exit_1() {
     let failure = Daemon::try_launch(activated_command(&map.path(), udp.as_raw_fd(), 1, &[]))
         .err()
         .expect("a UDP socket is refused");
-    assert_eq!(failure.status.code(), Some(1));
-    assert!(
-        failure
-            .stderr
-            .contains("the passed socket is not a TCP socket"),
-        "{}",
-        failure.stderr
-    );
+    failure.assert_exit(1, "the passed socket is not a TCP socket");
 
     let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let failure = Daemon::try_launch(activated_command(&map.path(), tcp.as_raw_fd(), 2, &[]))
         .err()
         .expect("two sockets are refused");
-    assert_eq!(failure.status.code(), Some(1));
-    assert!(
-        failure.stderr.contains("systemd passed 2 sockets"),
-        "{}",
-        failure.stderr
-    );
+    failure.assert_exit(1, "systemd passed 2 sockets");
 }
 
 /// `systemd-analyze`, or `None` with a note when it is not installed (`.ci/run` installs it).

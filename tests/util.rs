@@ -104,11 +104,16 @@ impl Response {
 
     /// A header's value, by case-insensitive name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        header(&self.headers, name)
     }
+}
+
+/// The value of header `name` (any case) among `headers`.
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// Sends raw request bytes to `addr` and reads the whole response (the request must close).
@@ -250,6 +255,12 @@ pub struct StartFailure {
 }
 
 impl StartFailure {
+    /// Asserts the exit code, and that stderr says `says`.
+    pub fn assert_exit(&self, code: i32, says: &str) {
+        assert_eq!(self.status.code(), Some(code));
+        assert!(self.stderr.contains(says), "{}", self.stderr);
+    }
+
     fn panic(self) -> Daemon {
         panic!("daemon did not start: {:?}\n{}", self.status, self.stderr)
     }
@@ -377,12 +388,7 @@ impl Daemon {
 
     /// `POST /anomaly` with a JSON body.
     pub fn post_anomaly(&self, body: &Value) -> Response {
-        self.request(
-            "POST",
-            "/anomaly",
-            &[("Content-Type", "application/json")],
-            body.to_string().as_bytes(),
-        )
+        self.post_json("/anomaly", body)
     }
 
     /// `POST path` with a JSON body.
@@ -487,10 +493,7 @@ pub struct Received {
 impl Received {
     /// A header's value, by case-insensitive name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        header(&self.headers, name)
     }
 }
 
