@@ -420,6 +420,30 @@ fn rps_verdict(bench: &Bench, reference: &Summary, ratio: f64, goal: f64) -> Ver
 }
 
 /// Load rows shared by the throughput and scale sections.
+/// Summarizes the daemon's and the reference's runs and reports the requests/s row (the goal
+/// `goal` as a ratio) and the load rows under it.
+fn rps_rows(
+    bench: &Bench,
+    report: &mut Report,
+    section: &'static str,
+    label: String,
+    runs: &[Vec<LoadRun>; 2],
+    goal: f64,
+) -> (Summary, Summary) {
+    let (d, r) = (summarize(&runs[0]), summarize(&runs[1]));
+    report.row(
+        section,
+        label,
+        format!("{:.0}", d.rps),
+        format!("{:.0}", r.rps),
+        ratio(d.rps, r.rps),
+        format!("ratio ≥ {goal:.2}"),
+        rps_verdict(bench, &r, d.rps / r.rps, goal),
+    );
+    load_rows(report, section, &d, &r, goal);
+    (d, r)
+}
+
 fn load_rows(
     report: &mut Report,
     section: &'static str,
@@ -516,18 +540,8 @@ fn throughput(bench: &Bench, report: &mut Report) -> Result<()> {
         "post.lua",
         [&[body.as_str()], &[body.as_str()]],
     )?;
-    let (d, r) = (summarize(&runs[0]), summarize(&runs[1]));
-    let section = "throughput";
-    report.row(
-        section,
-        format!("POST /anomaly requests/s (median of {})", runs[0].len()),
-        format!("{:.0}", d.rps),
-        format!("{:.0}", r.rps),
-        ratio(d.rps, r.rps),
-        "ratio ≥ 0.70",
-        rps_verdict(bench, &r, d.rps / r.rps, 0.70),
-    );
-    load_rows(report, section, &d, &r, 0.70);
+    let label = format!("POST /anomaly requests/s (median of {})", runs[0].len());
+    let (d, r) = rps_rows(bench, report, "throughput", label, &runs, 0.70);
 
     let under_load = [
         procs::memory(daemon.pid())?,
@@ -920,17 +934,8 @@ fn scale(bench: &Bench, report: &mut Report) -> Result<()> {
         "cycle.lua",
         [&[bodies.as_str()], &[bodies.as_str()]],
     )?;
-    let (d, r) = (summarize(&runs[0]), summarize(&runs[1]));
-    report.row(
-        section,
-        format!("dispatch requests/s, {label} vs one reflex"),
-        format!("{:.0}", d.rps),
-        format!("{:.0}", r.rps),
-        ratio(d.rps, r.rps),
-        "ratio ≥ 0.90",
-        rps_verdict(bench, &r, d.rps / r.rps, 0.90),
-    );
-    load_rows(report, section, &d, &r, 0.90);
+    let label = format!("dispatch requests/s, {label} vs one reflex");
+    rps_rows(bench, report, section, label, &runs, 0.90);
     report.note(
         "scale: requests cycle through 3000 bodies, a third exact names, a third pattern hits, \
          a third misses; the one-reflex map (`hit.**`) gives each the same answer",
