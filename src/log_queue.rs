@@ -1,60 +1,133 @@
-//! The JSON log path: each record is formatted on the thread that logs it (`json_log`) and the
-//! finished line is queued for the `autohealer-log` thread, which writes what has gathered in one write(2) to
-//! stderr (and one to the audit log).
+//! The JSON log path: each record is formatted on the thread that logs it (`json_log`) and
+//! appended to a shared batch, which the `autohealer-log` thread writes in one write(2) to stderr
+//! (and one to the audit log).
 //!
 //! slog-async copied every key of every record into owned values, sent them, re-formatted them on
-//! its thread and freed the copies (issue 5, callgrind). Here a finished line is one allocation,
-//! and the log thread, once woken, lets lines gather for `BATCH_WINDOW` before it writes, so a
-//! busy daemon makes one write and one wake-up per batch instead of two per request. The queue is
-//! bounded and a full queue blocks the logger, so no record is ever dropped (SPEC §5).
+//! its thread and freed the copies (issue 5, callgrind). Here a record costs one copy of its line
+//! into the batch under a lock held only for that copy. The log thread, once woken, lets lines
+//! gather for `BATCH_WINDOW` before it writes; while the daemon stays busy it finds the next batch
+//! already started and never waits to be woken, so loggers make no system call at all. The batch
+//! is bounded and a full one blocks the logger, so no record is ever dropped (SPEC §5).
 
 use std::io::{self, Write};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::mem;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use slog::Drain;
 
 use crate::{json_log, logging};
 
-/// Lines the queue holds before a logging thread blocks.
-const QUEUED_LINES: usize = 16 * 1024;
+/// Bytes a batch holds before a logging thread blocks until the log thread has taken it.
+const BATCH_LIMIT_BYTES: usize = 4 * 1024 * 1024;
 
 /// How long the log thread lets lines gather after the first one wakes it. A record reaches
 /// stderr at most this much later; in exchange a busy daemon writes once per window.
 const BATCH_WINDOW: Duration = Duration::from_millis(2);
 
-/// What the log thread is handed.
-enum Queued {
-    /// One JSON record, ending in a newline, and where it goes.
-    Line {
-        bytes: Vec<u8>,
-        to_stderr: bool,
-        to_audit: bool,
-    },
-    /// Answer once every line queued before this one has been written.
-    Flush(mpsc::Sender<()>),
+/// A batch's capacity kept between windows; a larger one, after a burst, is released.
+const RETAINED_BATCH_BYTES: usize = 1024 * 1024;
+
+/// What loggers and the log thread share.
+struct Shared {
+    batch: Mutex<Batch>,
+    /// Signalled for the log thread: lines arrived while it was idle, a flush was asked for, or
+    /// a drain or guard went away.
+    work: Condvar,
+    /// Signalled by the log thread once a batch is taken and written: for loggers waiting for
+    /// room and for flushes.
+    written: Condvar,
 }
 
-/// A slog drain that formats JSON records in place and queues them for the log thread.
+/// The lines not yet taken by the log thread, and the counts flushes wait on.
+#[derive(Default)]
+struct Batch {
+    stderr: Vec<u8>,
+    audit: Vec<u8>,
+    /// Lines appended since the start, and lines written: a flush waits until `written`
+    /// reaches what `appended` was when it was asked.
+    appended: u64,
+    written: u64,
+    /// The log thread waits on `work`; only then does a logger need to signal it.
+    idle: bool,
+    /// A flush is waiting: the log thread writes without waiting for the window.
+    flush_asked: bool,
+    /// Threads waiting on `written`; the log thread signals only when there are some.
+    waiting: usize,
+    /// The drain and the guard not yet dropped; the log thread ends when none is left.
+    handles: usize,
+    /// The log thread has ended (it cannot fail, but a waiter must never wait for it forever).
+    stopped: bool,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.stderr.is_empty() && self.audit.is_empty()
+    }
+
+    fn bytes(&self) -> usize {
+        self.stderr.len() + self.audit.len()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Batch> {
+        // A thread that panicked while holding the lock left whole lines behind: keep going.
+        self.batch
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits on `written`, counted so the log thread knows someone does.
+    fn wait_written<'a>(&self, mut batch: MutexGuard<'a, Batch>) -> MutexGuard<'a, Batch> {
+        batch.waiting += 1;
+        let mut batch = self
+            .written
+            .wait(batch)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        batch.waiting -= 1;
+        batch
+    }
+
+    /// Counts a drain or guard gone and wakes the log thread, which ends with the last one.
+    fn release(&self) {
+        let mut batch = self.lock();
+        batch.handles -= 1;
+        self.work.notify_one();
+    }
+}
+
+/// A slog drain that formats JSON records in place and adds them to the batch.
 pub struct QueuedJson {
-    queue: SyncSender<Queued>,
+    shared: Arc<Shared>,
     /// Records below this level go to the audit log only (or nowhere).
     stderr_level: slog::Level,
     /// Whether healing-action records (`logging::is_audit`) are also written to the audit log.
     audit: bool,
 }
 
-/// Flushes the queue when dropped: every record logged before is written.
+/// Flushes the batch when dropped: every record logged before is written.
 pub struct QueueGuard {
-    queue: SyncSender<Queued>,
+    shared: Arc<Shared>,
 }
 
 impl Drop for QueueGuard {
     fn drop(&mut self) {
-        let (ack, done) = mpsc::channel();
-        if self.queue.send(Queued::Flush(ack)).is_ok() {
-            let _ = done.recv();
+        let mut batch = self.shared.lock();
+        let target = batch.appended;
+        batch.flush_asked = true;
+        self.shared.work.notify_one();
+        while batch.written < target && !batch.stopped {
+            batch = self.shared.wait_written(batch);
         }
+        drop(batch);
+        self.shared.release();
+    }
+}
+
+impl Drop for QueuedJson {
+    fn drop(&mut self) {
+        self.shared.release();
     }
 }
 
@@ -69,17 +142,25 @@ where
     E: Write + Send + 'static,
     A: Write + Send + 'static,
 {
-    let (queue, lines) = mpsc::sync_channel(QUEUED_LINES);
+    let shared = Arc::new(Shared {
+        batch: Mutex::new(Batch {
+            handles: 2,
+            ..Batch::default()
+        }),
+        work: Condvar::new(),
+        written: Condvar::new(),
+    });
     let has_audit = audit.is_some();
+    let for_thread = shared.clone();
     std::thread::Builder::new()
         .name("autohealer-log".into())
-        .spawn(move || write_lines(lines, stderr, audit))?;
+        .spawn(move || write_batches(&for_thread, stderr, audit))?;
     let drain = QueuedJson {
-        queue: queue.clone(),
+        shared: shared.clone(),
         stderr_level,
         audit: has_audit,
     };
-    Ok((drain, QueueGuard { queue }))
+    Ok((drain, QueueGuard { shared }))
 }
 
 impl Drain for QueuedJson {
@@ -92,59 +173,85 @@ impl Drain for QueuedJson {
         if !to_stderr && !to_audit {
             return Ok(());
         }
-        let bytes = json_log::to_line(record, values);
-        // Blocks while the queue is full; fails only once the log thread is gone.
-        let _ = self.queue.send(Queued::Line {
-            bytes,
-            to_stderr,
-            to_audit,
+        json_log::with_line(record, values, |line| {
+            let mut batch = self.shared.lock();
+            while batch.bytes() >= BATCH_LIMIT_BYTES && !batch.stopped {
+                batch = self.shared.wait_written(batch);
+            }
+            if batch.stopped {
+                return;
+            }
+            if to_stderr {
+                batch.stderr.extend_from_slice(line);
+            }
+            if to_audit {
+                batch.audit.extend_from_slice(line);
+            }
+            batch.appended += 1;
+            if batch.idle {
+                batch.idle = false;
+                self.shared.work.notify_one();
+            }
         });
         Ok(())
     }
 }
 
-/// The log thread: waits for a line, lets more gather for `BATCH_WINDOW`, writes them at once.
-fn write_lines<E: Write, A: Write>(lines: Receiver<Queued>, mut stderr: E, mut audit: Option<A>) {
-    let mut stderr_batch = Vec::with_capacity(64 * 1024);
-    let mut audit_batch = Vec::new();
-    let mut flushed = Vec::new();
-    while let Ok(first) = lines.recv() {
-        // A flush asks for everything queued so far: answer it without waiting for more.
-        if !matches!(first, Queued::Flush(_)) {
-            std::thread::sleep(BATCH_WINDOW);
+/// The log thread: waits for a line, lets more gather for `BATCH_WINDOW`, takes the batch and
+/// writes it; ends once the drain and the guard are both gone and everything is written.
+fn write_batches<E: Write, A: Write>(shared: &Shared, mut stderr: E, mut audit: Option<A>) {
+    /// Marks the thread stopped however it ends, and wakes whoever waits for it.
+    struct Stopped<'a>(&'a Shared);
+    impl Drop for Stopped<'_> {
+        fn drop(&mut self) {
+            self.0.lock().stopped = true;
+            self.0.written.notify_all();
         }
-        for item in std::iter::once(first).chain(lines.try_iter()) {
-            match item {
-                Queued::Line {
-                    bytes,
-                    to_stderr,
-                    to_audit,
-                } => {
-                    if to_audit {
-                        audit_batch.extend_from_slice(&bytes);
-                    }
-                    if to_stderr {
-                        stderr_batch.extend_from_slice(&bytes);
-                    }
-                }
-                Queued::Flush(ack) => flushed.push(ack),
+    }
+    let _stopped = Stopped(shared);
+    let (mut stderr_lines, mut audit_lines) = (Vec::new(), Vec::new());
+    let mut batch = shared.lock();
+    loop {
+        let is_alone = batch.handles == 0;
+        if batch.is_empty() && !batch.flush_asked {
+            if is_alone {
+                return;
             }
+            batch.idle = true;
+            batch = shared
+                .work
+                .wait(batch)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            batch.idle = false;
+            continue;
         }
+        if !batch.flush_asked && !is_alone {
+            drop(batch);
+            std::thread::sleep(BATCH_WINDOW);
+            batch = shared.lock();
+        }
+        batch.flush_asked = false;
+        mem::swap(&mut batch.stderr, &mut stderr_lines);
+        mem::swap(&mut batch.audit, &mut audit_lines);
+        let taken = batch.appended;
+        drop(batch);
         // Nothing else can be done with a failed write: stderr closed or the disk full.
-        if !stderr_batch.is_empty() {
-            let _ = stderr.write_all(&stderr_batch);
+        if !stderr_lines.is_empty() {
+            let _ = stderr.write_all(&stderr_lines);
             let _ = stderr.flush();
         }
-        if let Some(audit) = audit.as_mut().filter(|_| !audit_batch.is_empty()) {
-            let _ = audit.write_all(&audit_batch);
+        if let Some(audit) = audit.as_mut().filter(|_| !audit_lines.is_empty()) {
+            let _ = audit.write_all(&audit_lines);
             let _ = audit.flush();
         }
-        stderr_batch.clear();
-        audit_batch.clear();
-        stderr_batch.shrink_to(1024 * 1024);
-        audit_batch.shrink_to(1024 * 1024);
-        for ack in flushed.drain(..) {
-            let _ = ack.send(());
+        for lines in [&mut stderr_lines, &mut audit_lines] {
+            lines.clear();
+            lines.shrink_to(RETAINED_BATCH_BYTES);
+        }
+        batch = shared.lock();
+        batch.written = taken;
+        if batch.waiting > 0 {
+            shared.written.notify_all();
         }
     }
 }
@@ -152,7 +259,7 @@ fn write_lines<E: Write, A: Write>(lines: Receiver<Queued>, mut stderr: E, mut a
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use std::sync::mpsc;
 
     /// A writer tests can read back.
     #[derive(Clone, Default)]
@@ -210,6 +317,68 @@ mod tests {
         let audited = audit.lines();
         assert_eq!(audited.len(), 2);
         assert_eq!(audited[1]["msg"], "healing action suppressed");
+    }
+
+    /// Polls `done` until it holds, for at most ten seconds.
+    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_full_batch_blocks_the_logger_until_it_is_written_and_loses_nothing() {
+        /// A writer that holds its first write until the test opens the gate.
+        struct Gated(Captured, Option<mpsc::Receiver<()>>);
+        impl Write for Gated {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                if let Some(gate) = self.1.take() {
+                    gate.recv().unwrap();
+                }
+                self.0.write(buf)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let (open, gate) = mpsc::channel();
+        let stderr = Captured::default();
+        let gated = Gated(stderr.clone(), Some(gate));
+        let (drain, guard) = start(gated, slog::Level::Info, None::<Captured>).unwrap();
+        let shared = guard.shared.clone();
+        let log = slog::Logger::root(drain.fuse(), slog::o!());
+        let filler = "x".repeat(1024);
+        // Enough lines for the first batch (held at the gate) and a full second one.
+        let lines = 2 * BATCH_LIMIT_BYTES / 1024 + 64;
+        let logger = std::thread::spawn(move || {
+            for i in 0..lines {
+                slog::info!(log, "filler"; "i" => i, "x" => &filler);
+            }
+        });
+        wait_until("the logger blocks on a full batch", || {
+            shared.lock().waiting > 0
+        });
+        assert!(shared.lock().bytes() < BATCH_LIMIT_BYTES + 2048);
+        open.send(()).unwrap();
+        logger.join().unwrap();
+        drop(guard);
+        let written = stderr.lines();
+        assert_eq!(written.len(), lines);
+        assert_eq!(written[lines - 1]["i"], lines - 1);
+    }
+
+    #[test]
+    fn the_log_thread_ends_once_the_drain_and_the_guard_are_gone() {
+        let (drain, guard) =
+            start(Captured::default(), slog::Level::Info, None::<Captured>).unwrap();
+        let shared = guard.shared.clone();
+        assert!(!shared.lock().stopped);
+        drop(guard);
+        assert!(!shared.lock().stopped, "the drain still logs");
+        drop(drain);
+        wait_until("the log thread ends", || shared.lock().stopped);
     }
 
     #[test]
