@@ -8,7 +8,7 @@
 //! first out.
 
 use std::num::NonZeroUsize;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use indexmap::IndexMap;
 use lru::LruCache;
@@ -213,7 +213,7 @@ impl AlertReceiver {
             return AlertResult::Duplicate { anomaly: name };
         }
         let anomaly = Anomaly {
-            name: name.clone(),
+            name: Arc::from(name.as_str()),
             details: alert.details(),
         };
         let outcome = dispatcher.dispatch(anomaly, Source::Alertmanager);

@@ -24,7 +24,8 @@ use crate::reload::MapHandle;
 /// An anomaly as a monitor reported it.
 #[derive(Debug)]
 pub struct Anomaly {
-    pub name: String,
+    /// Shared, not copied, by the action, its history entry and the answer.
+    pub name: Arc<str>,
     pub details: Details,
 }
 
@@ -34,7 +35,8 @@ impl Anomaly {
         // Other top-level fields are ignored (SPEC §2), which serde does without building them.
         #[derive(Deserialize)]
         struct Body<'a> {
-            name: Option<serde_json::Value>,
+            #[serde(borrow)]
+            name: Option<&'a RawValue>,
             #[serde(borrow)]
             details: Option<&'a RawValue>,
         }
@@ -51,9 +53,11 @@ impl Anomaly {
             Err(err) if err.is_data() => return Err(not_an_object()),
             Err(err) => return Err(format!("the body is not valid JSON: {err}")),
         };
-        let name = match body.name {
-            Some(serde_json::Value::String(name)) => name,
-            None | Some(serde_json::Value::Null) => return Err("`name` is required".into()),
+        let name = match body.name.map(RawValue::get) {
+            None | Some("null") => return Err("`name` is required".into()),
+            Some(text) if text.starts_with('"') => {
+                string_in(text).ok_or_else(|| "`name` must be a string".to_string())?
+            }
             Some(_) => return Err("`name` must be a string".into()),
         };
         matcher::validate_name(&name).map_err(|why| format!("`name` {why}"))?;
@@ -63,6 +67,14 @@ impl Anomaly {
             Some(text) => Details::from_json(text)?,
         };
         Ok(Anomaly { name, details })
+    }
+}
+
+/// The string a JSON string token holds, read in place when it has no escapes.
+fn string_in(token: &str) -> Option<Arc<str>> {
+    match serde_json::from_str::<&str>(token) {
+        Ok(unescaped) => Some(Arc::from(unescaped)),
+        Err(_) => serde_json::from_str::<String>(token).ok().map(Arc::from),
     }
 }
 
@@ -133,8 +145,10 @@ impl Answer<'_> {
         let mut out = Vec::with_capacity(160);
         let mut field = |key: &str, value: &str| {
             out.push(if out.is_empty() { b'{' } else { b',' });
-            json_log::write_string(&mut out, key);
-            out.push(b':');
+            // The keys are the plain words below: nothing in them to escape.
+            out.push(b'"');
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"\":");
             json_log::write_string(&mut out, value);
         };
         field("status", self.status);
@@ -342,7 +356,10 @@ mod tests {
             br#"{"name":"api_latency.coinbase.high","details":{"latency_ms":5000},"extra":[1]}"#,
         )
         .unwrap();
-        assert_eq!(anomaly.name, "api_latency.coinbase.high");
+        assert_eq!(&*anomaly.name, "api_latency.coinbase.high");
+        // A name with escapes is unescaped; spacing around it does not matter.
+        let escaped = Anomaly::from_json(br#"{ "name" :  "caf\u00e9.\"x\"" }"#).unwrap();
+        assert_eq!(&*escaped.name, "café.\"x\"");
         assert_eq!(anomaly.details.object()["latency_ms"], 5000);
         assert!(Anomaly::from_json(br#"{"name":"a"}"#)
             .unwrap()
@@ -364,6 +381,8 @@ mod tests {
             "the body must be a JSON object like {\"name\": \"...\", \"details\": {...}}"
         );
         assert_eq!(err(b"{}"), "`name` is required");
+        assert_eq!(err(br#"{"name": null}"#), "`name` is required");
+        assert_eq!(err(br#"{"name": ["a"]}"#), "`name` must be a string");
         assert_eq!(err(br#"{"name": 5}"#), "`name` must be a string");
         assert_eq!(err(br#"{"name": ""}"#), "`name` must not be empty");
         assert_eq!(

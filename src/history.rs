@@ -16,7 +16,7 @@ pub const HISTORY_CAPACITY: usize = 1000;
 #[derive(Debug, Clone, Serialize)]
 pub struct ActionEntry {
     pub action_id: Uuid,
-    pub anomaly: String,
+    pub anomaly: Arc<str>,
     pub workflow: Arc<str>,
     pub action: &'static str,
     /// `running` until the action ends, then `ok`, `failed` or `timeout`.

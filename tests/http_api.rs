@@ -123,6 +123,34 @@ fn oversized_bodies_are_413() {
 }
 
 #[test]
+fn bodies_in_several_chunks_are_read_whole() {
+    let map = MapDir::new(MAP);
+    let daemon = Daemon::start(&map.path(), &[]);
+    let body =
+        json!({"name": "api_latency.coinbase.high", "details": {"region": "zürich"}}).to_string();
+    // Three chunks, the middle one ending inside the two bytes of `ü`.
+    let split_in_char = body.find('ü').unwrap() + 1;
+    let chunks = [
+        &body.as_bytes()[..10],
+        &body.as_bytes()[10..split_in_char],
+        &body.as_bytes()[split_in_char..],
+    ];
+    let mut raw = b"POST /anomaly HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for chunk in chunks {
+        raw.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        raw.extend_from_slice(chunk);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    let response = crate::util::send_raw(daemon.addr, &raw).unwrap();
+    assert_eq!(response.status, 202, "{}", response.body);
+    let action_id = response.json()["action_id"].as_str().unwrap().to_string();
+    daemon.wait_for_record("healing action triggered", |r| {
+        r["action_id"] == action_id.as_str() && r["details"] == json!({"region": "zürich"})
+    });
+}
+
+#[test]
 fn non_json_content_type_is_415() {
     let map = MapDir::new(MAP);
     let daemon = Daemon::start(&map.path(), &[]);

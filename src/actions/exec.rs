@@ -64,7 +64,7 @@ pub async fn run(exec: &ExecAction, run: &ActionRun, cancel: &CancellationToken)
     let mut command = tokio::process::Command::new(program);
     command
         .args(args)
-        .env("AUTOHEALER_ANOMALY", &run.anomaly)
+        .env("AUTOHEALER_ANOMALY", &*run.anomaly)
         .env("AUTOHEALER_WORKFLOW", &*run.workflow.name)
         .env("AUTOHEALER_ACTION_ID", run.action_id.to_string())
         .env("AUTOHEALER_DETAILS", run.details.as_json())

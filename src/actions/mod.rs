@@ -42,7 +42,7 @@ impl Source {
 pub struct ActionRun {
     /// A version 7 UUID: unique, and sorts by the time it was dispatched.
     pub action_id: Uuid,
-    pub anomaly: String,
+    pub anomaly: Arc<str>,
     pub workflow: Arc<Workflow>,
     pub details: Arc<Details>,
     pub params: Arc<JsonObject>,
