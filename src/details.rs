@@ -35,7 +35,7 @@ impl Details {
         }
         // Whitespace between tokens may hold line breaks, which a one-line record cannot;
         // strings cannot (JSON escapes them). Such a body is rewritten without them.
-        if text.contains(['\n', '\r']) {
+        if memchr::memchr2(b'\n', b'\r', text.as_bytes()).is_some() {
             let object: JsonObject =
                 serde_json::from_str(text).map_err(|_| "`details` must be a JSON object")?;
             return Ok(Details::from_object(object));

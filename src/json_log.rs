@@ -243,12 +243,21 @@ impl fmt::Write for Escaping<'_> {
 
 /// Appends `text` as the inside of a JSON string, escaped as serde_json escapes it: `"`, `\\`
 /// and the control characters, with the short forms for the common ones.
+/// The check and the copy are inlined into each caller: most strings need no escaping, and
+/// for a short key a call costs more than the copy.
+#[inline(always)]
 fn write_escaped(line: &mut Vec<u8>, text: &str) {
     let bytes = text.as_bytes();
-    if !needs_escape(bytes) {
+    if needs_escape(bytes) {
+        write_with_escapes(line, bytes);
+    } else {
         line.extend_from_slice(bytes);
-        return;
     }
+}
+
+/// `write_escaped` for text that has something to escape.
+#[inline(never)]
+fn write_with_escapes(line: &mut Vec<u8>, bytes: &[u8]) {
     let mut clean_from = 0;
     for (at, &byte) in bytes.iter().enumerate() {
         let mut unicode = *b"\\u00XX";
@@ -279,6 +288,7 @@ fn write_escaped(line: &mut Vec<u8>, text: &str) {
 /// character. Almost nothing a record holds does, so this is checked eight bytes at a time (a
 /// byte at a time, it was a tenth of a request's instructions). Most strings are short keys
 /// and names, so their tail is read as one overlapping word rather than byte by byte.
+#[inline(always)]
 fn needs_escape(bytes: &[u8]) -> bool {
     let word_at = |at: usize| {
         let mut word = [0; 8];
