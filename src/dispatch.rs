@@ -44,9 +44,12 @@ impl Anomaly {
             "the body must be a JSON object like {\"name\": \"...\", \"details\": {...}}"
                 .to_string()
         };
-        let parsed: Result<Body, _> = serde_json::from_slice(body);
+        // Checked as UTF-8 once, in bulk, so serde_json need not check each string it reads.
+        let body = std::str::from_utf8(body)
+            .map_err(|err| format!("the body is not valid JSON: it is not UTF-8 ({err})"))?;
+        let parsed: Result<Body, _> = serde_json::from_str(body);
         // serde also accepts a struct written as an array; the contract says object.
-        let is_object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        let is_object = body.trim_ascii_start().starts_with('{');
         let body = match parsed {
             Ok(body) if is_object => body,
             Ok(_) => return Err(not_an_object()),
@@ -380,15 +383,25 @@ mod tests {
             err(b"[1,2]"),
             "the body must be a JSON object like {\"name\": \"...\", \"details\": {...}}"
         );
+        assert_eq!(
+            err(b"{\"name\": \"caf\xe9\"}"),
+            "the body is not valid JSON: it is not UTF-8 \
+             (invalid utf-8 sequence of 1 bytes from index 13)"
+        );
         assert_eq!(err(b"{}"), "`name` is required");
         assert_eq!(err(br#"{"name": null}"#), "`name` is required");
         assert_eq!(err(br#"{"name": ["a"]}"#), "`name` must be a string");
         assert_eq!(err(br#"{"name": 5}"#), "`name` must be a string");
         assert_eq!(err(br#"{"name": ""}"#), "`name` must not be empty");
-        assert_eq!(
-            err(br#"{"name": "a\nb"}"#),
-            "`name` must not contain control characters"
-        );
+        // C0 controls, DEL, and (in a name that is not ASCII) C1 controls.
+        for name in [r#""a\nb""#, r#""a\u007fb""#, r#""é\u0085""#] {
+            assert_eq!(
+                err(format!(r#"{{"name": {name}}}"#).as_bytes()),
+                "`name` must not contain control characters",
+                "{name}"
+            );
+        }
+        assert!(Anomaly::from_json("{\"name\": \"café.grün\"}".as_bytes()).is_ok());
         assert_eq!(
             err(br#"{"name": "a", "details": [1]}"#),
             "`details` must be a JSON object"

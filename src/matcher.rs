@@ -23,7 +23,13 @@ pub fn validate_name(name: &str) -> Result<(), String> {
             "is {chars} characters long; the limit is {MAX_NAME_CHARS}"
         ));
     }
-    if name.chars().any(char::is_control) {
+    // Most names are ASCII, where the control characters are the bytes below 0x20 and 0x7f.
+    let has_control = if name.is_ascii() {
+        name.bytes().any(|b| b < 0x20 || b == 0x7f)
+    } else {
+        name.chars().any(char::is_control)
+    };
+    if has_control {
         return Err("must not contain control characters".to_string());
     }
     Ok(())
