@@ -10,11 +10,15 @@
 //! when every slot is busy, accepting waits for one to finish.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use atomic_waker::AtomicWaker;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// How long admission waits for an evicted connection to close before trying another.
 const EVICTION_RETRY: Duration = Duration::from_millis(50);
@@ -38,7 +42,8 @@ struct Activity {
     last_active_ms: AtomicU64,
     /// Set when the connection was asked to close, so it is not picked twice.
     evicting: AtomicBool,
-    evict: Notify,
+    /// The connection's task, woken when `evicting` is set.
+    evict: AtomicWaker,
 }
 
 impl ConnectionSlots {
@@ -99,7 +104,7 @@ impl ConnectionSlots {
         match idlest {
             Some(activity) => {
                 activity.evicting.store(true, Ordering::SeqCst);
-                activity.evict.notify_one();
+                activity.evict.wake();
                 true
             }
             None => false,
@@ -112,7 +117,7 @@ impl ConnectionSlots {
             busy: AtomicUsize::new(0),
             last_active_ms: AtomicU64::new(self.now_ms()),
             evicting: AtomicBool::new(false),
-            evict: Notify::new(),
+            evict: AtomicWaker::new(),
         });
         self.lock().insert(id, activity.clone());
         Connection {
@@ -154,15 +159,34 @@ impl Connection {
     }
 
     /// Resolves when the connection should close to make room, and is idle.
-    pub async fn evicted(&self) {
-        loop {
-            self.activity.evict.notified().await;
-            if self.activity.busy.load(Ordering::SeqCst) == 0 {
-                return;
+    pub fn evicted(&self) -> Evicted<'_> {
+        Evicted {
+            activity: &self.activity,
+        }
+    }
+}
+
+/// The future `Connection::evicted` returns. It is polled beside the connection on every wake,
+/// so it is a flag and a registered waker (a `Notify` waiter took a lock on each poll).
+pub struct Evicted<'a> {
+    activity: &'a Activity,
+}
+
+impl Future for Evicted<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let activity = self.activity;
+        // Registered before the flag is read, so an eviction in between still wakes the task.
+        activity.evict.register(cx.waker());
+        if activity.evicting.load(Ordering::SeqCst) {
+            if activity.busy.load(Ordering::SeqCst) == 0 {
+                return Poll::Ready(());
             }
             // A request arrived meanwhile: keep serving, and let eviction pick again later.
-            self.activity.evicting.store(false, Ordering::SeqCst);
+            activity.evicting.store(false, Ordering::SeqCst);
         }
+        Poll::Pending
     }
 }
 
@@ -214,6 +238,24 @@ mod tests {
         drop(guard);
         drop((first, third));
         assert_eq!(slots.lock().len(), 0);
+    }
+
+    #[test]
+    fn a_connection_busy_when_asked_to_close_keeps_serving() {
+        let slots = ConnectionSlots::new(1);
+        let only = slots.try_admit().unwrap();
+        let mut evicted = std::pin::pin!(only.evicted());
+        let mut waker_cx = Context::from_waker(std::task::Waker::noop());
+        let mut poll_once = || evicted.as_mut().poll(&mut waker_cx).is_ready();
+        // Asked to close while idle, but a request arrives before its task looks.
+        assert!(slots.evict_idlest());
+        let guard = only.busy();
+        assert!(!poll_once(), "a busy connection stays");
+        assert!(!slots.evict_idlest(), "nor is it picked while busy");
+        drop(guard);
+        // Idle again, it can be picked again, and then it goes.
+        assert!(slots.evict_idlest());
+        assert!(poll_once());
     }
 
     #[tokio::test]
