@@ -685,6 +685,16 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
         Section::Reflexes => locate_key(source, "reflexes", &reflex.key, 1),
         Section::Anomalies => locate_legacy_name(source, &reflex.key),
     };
+    // Most reflexes have no params: they share one empty object instead of each allocating
+    // its own, which a dispatch would then touch in cold memory (issue 5, the 100k map).
+    let no_params = Arc::new(JsonObject::new());
+    let params_of = |params: JsonObject| {
+        if params.is_empty() {
+            no_params.clone()
+        } else {
+            Arc::new(params)
+        }
+    };
     let mut reflexes = Vec::new();
     for (key, reflex) in raw.reflexes.entries {
         reflexes.push((
@@ -693,7 +703,7 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
                 is_pattern: matches!(key, ReflexKey::Pattern(_)),
                 workflow: reflex.workflow,
                 workflow_index: 0, // set below, once the workflows are known
-                params: Arc::new(reflex.params),
+                params: params_of(reflex.params),
                 cooldown: reflex.cooldown.map_or(default_cooldown, |d| d.0),
             },
             Section::Reflexes,
@@ -714,7 +724,7 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
                 is_pattern: false,
                 workflow: entry.workflow,
                 workflow_index: 0, // set below, once the workflows are known
-                params: Arc::new(entry.params.unwrap_or_default()),
+                params: params_of(entry.params.unwrap_or_default()),
                 cooldown: default_cooldown,
             },
             Section::Anomalies,
