@@ -167,7 +167,8 @@ impl Connection {
 }
 
 /// The future `Connection::evicted` returns. It is polled beside the connection on every wake,
-/// so it is a flag and a registered waker (a `Notify` waiter took a lock on each poll).
+/// so it is a flag and a registered waker (a `Notify` waiter took a lock on each poll). The
+/// waker slot holds one waker: only the connection's own task awaits it.
 pub struct Evicted<'a> {
     activity: &'a Activity,
 }

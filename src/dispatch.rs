@@ -45,11 +45,12 @@ impl Anomaly {
                 .to_string()
         };
         // Checked as UTF-8 once, in bulk, so serde_json need not check each string it reads.
-        let body = std::str::from_utf8(body)
+        // (JSON is UTF-8, RFC 8259; a body that is not is refused, whatever field it is in.)
+        let text = std::str::from_utf8(body)
             .map_err(|err| format!("the body is not valid JSON: it is not UTF-8 ({err})"))?;
-        let parsed: Result<Body, _> = serde_json::from_str(body);
+        let parsed: Result<Body, _> = serde_json::from_str(text);
         // serde also accepts a struct written as an array; the contract says object.
-        let is_object = body.trim_ascii_start().starts_with('{');
+        let is_object = text.trim_ascii_start().starts_with('{');
         let body = match parsed {
             Ok(body) if is_object => body,
             Ok(_) => return Err(not_an_object()),
@@ -58,9 +59,17 @@ impl Anomaly {
         };
         let name = match body.name.map(RawValue::get) {
             None | Some("null") => return Err("`name` is required".into()),
-            Some(text) if text.starts_with('"') => {
-                string_in(text).ok_or_else(|| "`name` must be a string".to_string())?
-            }
+            Some(token) if token.starts_with('"') => match string_in(token) {
+                Some(name) => name,
+                // An escape the first pass skips over but no string can hold (a lone
+                // surrogate): parsed again in full, for serde_json's message and position.
+                None => {
+                    return Err(match serde_json::from_str::<serde_json::Value>(text) {
+                        Err(err) => format!("the body is not valid JSON: {err}"),
+                        Ok(_) => "`name` must be a string".into(),
+                    })
+                }
+            },
             Some(_) => return Err("`name` must be a string".into()),
         };
         matcher::validate_name(&name).map_err(|why| format!("`name` {why}"))?;
@@ -391,6 +400,10 @@ mod tests {
         assert_eq!(err(b"{}"), "`name` is required");
         assert_eq!(err(br#"{"name": null}"#), "`name` is required");
         assert_eq!(err(br#"{"name": ["a"]}"#), "`name` must be a string");
+        assert_eq!(
+            err(br#"{"name": "a\ud800"}"#),
+            "the body is not valid JSON: unexpected end of hex escape at line 1 column 18"
+        );
         assert_eq!(err(br#"{"name": 5}"#), "`name` must be a string");
         assert_eq!(err(br#"{"name": ""}"#), "`name` must not be empty");
         // C0 controls, DEL, and (in a name that is not ASCII) C1 controls.

@@ -28,7 +28,7 @@ pub fn is_audit(record: &slog::Record) -> bool {
     record.tag() == AUDIT_TAG
 }
 
-/// Keeps the logging thread alive; dropping it flushes every queued record.
+/// Flushes every queued record when dropped: what `main` holds until it exits.
 pub enum LogGuard {
     /// The term format's slog-async thread.
     Async(slog_async::AsyncGuard),

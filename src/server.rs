@@ -394,6 +394,9 @@ async fn whole_body<B: Body<Data = Bytes> + Unpin>(mut body: B) -> Result<Bytes,
         let Ok(data) = frame?.into_data() else {
             continue; // trailers
         };
+        if data.is_empty() {
+            continue;
+        }
         match &mut joined {
             Some(joined) => joined.extend_from_slice(&data),
             None if whole.is_empty() => whole = data,
