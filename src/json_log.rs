@@ -147,10 +147,12 @@ impl Fields<'_> {
     }
 }
 
+// Integers through itoa: `write!` goes through the formatting machinery, several times the
+// cost of the digits (a finished record's `duration_ms`, issue 5).
 macro_rules! emit_integers {
     ($($method:ident: $ty:ty),*) => {
         $(fn $method(&mut self, key: Key, value: $ty) -> slog::Result {
-            self.display(key, value)
+            self.literal(key, itoa::Buffer::new().format(value).as_bytes())
         })*
     };
 }
