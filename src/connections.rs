@@ -8,6 +8,9 @@
 //! or a client that has not finished sending its header — is closed to make room, as nginx
 //! reuses keep-alive connections. Connections with a request being handled are never closed;
 //! when every slot is busy, accepting waits for one to finish.
+//!
+//! The same table drives shutdown: `close_all` tells every connection to finish the request it
+//! is serving and close, and `all_closed` resolves once every slot is free.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -31,6 +34,8 @@ pub struct ConnectionSlots {
     next_id: AtomicU64,
     /// The time origin of `Activity::last_active_ms`.
     started: Instant,
+    /// Set by `close_all`: every connection, open or yet to be polled, is to close.
+    closing_all: AtomicBool,
 }
 
 /// What eviction needs to know about one connection.
@@ -42,7 +47,7 @@ struct Activity {
     last_active_ms: AtomicU64,
     /// Set when the connection was asked to close, so it is not picked twice.
     evicting: AtomicBool,
-    /// The connection's task, woken when `evicting` is set.
+    /// The connection's task, woken when `evicting` is set or all connections are to close.
     evict: AtomicWaker,
 }
 
@@ -56,6 +61,7 @@ impl ConnectionSlots {
             open: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             started: Instant::now(),
+            closing_all: AtomicBool::new(false),
         })
     }
 
@@ -111,6 +117,22 @@ impl ConnectionSlots {
         }
     }
 
+    /// Tells every connection to close once the request it is serving (if any) is answered:
+    /// for shutdown, after the listener is closed.
+    pub fn close_all(&self) {
+        self.closing_all.store(true, Ordering::SeqCst);
+        for activity in self.lock().values() {
+            activity.evict.wake();
+        }
+    }
+
+    /// Resolves once every connection has closed and freed its slot.
+    pub async fn all_closed(&self) {
+        let all = u32::try_from(self.max).unwrap_or(u32::MAX);
+        // The semaphore is never closed; should that change, there is nothing left to wait for.
+        let _ = self.permits.acquire_many(all).await;
+    }
+
     fn register(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Connection {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let activity = Arc::new(Activity {
@@ -158,31 +180,47 @@ impl Connection {
         }
     }
 
-    /// Resolves when the connection should close to make room, and is idle.
-    pub fn evicted(&self) -> Evicted<'_> {
-        Evicted {
+    /// Resolves when the connection is to close: evicted to make room (it is idle, drop it), or
+    /// shutdown (let it answer the request in flight, then close).
+    pub fn told_to_close(&self) -> ToldToClose<'_> {
+        ToldToClose {
             activity: &self.activity,
+            slots: &self.slots,
         }
     }
 }
 
-/// The future `Connection::evicted` returns. It is polled beside the connection on every wake,
-/// so it is a flag and a registered waker (a `Notify` waiter took a lock on each poll). The
-/// waker slot holds one waker: only the connection's own task awaits it.
-pub struct Evicted<'a> {
-    activity: &'a Activity,
+/// Why a connection is told to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// Evicted while idle to make room: dropping it closes it.
+    Evicted,
+    /// The daemon is shutting down: finish the request in flight, then close.
+    Shutdown,
 }
 
-impl Future for Evicted<'_> {
-    type Output = ();
+/// The future `Connection::told_to_close` returns. It is polled beside the connection on every
+/// wake, so it is two flags and a registered waker (a `Notify` waiter, and hyper-util's
+/// graceful watch, each took a lock on every poll). The waker slot holds one waker: only the
+/// connection's own task awaits it.
+pub struct ToldToClose<'a> {
+    activity: &'a Activity,
+    slots: &'a ConnectionSlots,
+}
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+impl Future for ToldToClose<'_> {
+    type Output = Close;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Close> {
         let activity = self.activity;
-        // Registered before the flag is read, so an eviction in between still wakes the task.
+        // Registered before the flags are read, so a signal in between still wakes the task.
         activity.evict.register(cx.waker());
+        if self.slots.closing_all.load(Ordering::SeqCst) {
+            return Poll::Ready(Close::Shutdown);
+        }
         if activity.evicting.load(Ordering::SeqCst) {
             if activity.busy.load(Ordering::SeqCst) == 0 {
-                return Poll::Ready(());
+                return Poll::Ready(Close::Evicted);
             }
             // A request arrived meanwhile: keep serving, and let eviction pick again later.
             activity.evicting.store(false, Ordering::SeqCst);
@@ -228,9 +266,10 @@ mod tests {
             let slots = slots.clone();
             async move { slots.admit().await }
         });
-        tokio::time::timeout(Duration::from_secs(5), second.evicted())
+        let close = tokio::time::timeout(Duration::from_secs(5), second.told_to_close())
             .await
             .expect("the idle connection is evicted");
+        assert_eq!(close, Close::Evicted);
         drop(second);
         let third = tokio::time::timeout(Duration::from_secs(5), admitting)
             .await
@@ -245,7 +284,7 @@ mod tests {
     fn a_connection_busy_when_asked_to_close_keeps_serving() {
         let slots = ConnectionSlots::new(1);
         let only = slots.try_admit().unwrap();
-        let mut evicted = std::pin::pin!(only.evicted());
+        let mut evicted = std::pin::pin!(only.told_to_close());
         let mut waker_cx = Context::from_waker(std::task::Waker::noop());
         let mut poll_once = || evicted.as_mut().poll(&mut waker_cx).is_ready();
         // Asked to close while idle, but a request arrives before its task looks.
@@ -257,6 +296,32 @@ mod tests {
         // Idle again, it can be picked again, and then it goes.
         assert!(slots.evict_idlest());
         assert!(poll_once());
+    }
+
+    #[tokio::test]
+    async fn close_all_reaches_busy_and_new_connections_and_all_closed_waits_for_them() {
+        let slots = ConnectionSlots::new(3);
+        let busy = slots.try_admit().unwrap();
+        let _guard = busy.busy();
+        slots.close_all();
+        // Admitted after the call, not yet polled: it closes all the same.
+        let late = slots.try_admit().unwrap();
+        for connection in [&busy, &late] {
+            let close = tokio::time::timeout(Duration::from_secs(5), connection.told_to_close())
+                .await
+                .expect("told to close");
+            assert_eq!(close, Close::Shutdown);
+        }
+        let mut all_closed = std::pin::pin!(slots.all_closed());
+        let mut waker_cx = Context::from_waker(std::task::Waker::noop());
+        assert!(
+            all_closed.as_mut().poll(&mut waker_cx).is_pending(),
+            "two slots are still taken"
+        );
+        drop((busy, late));
+        tokio::time::timeout(Duration::from_secs(5), all_closed)
+            .await
+            .expect("every slot is free");
     }
 
     #[tokio::test]

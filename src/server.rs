@@ -22,7 +22,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
 use slog::Logger;
 use tokio::net::TcpListener;
@@ -32,7 +31,7 @@ use tokio::time::Instant;
 use crate::actions::Source;
 use crate::alertmanager::{AlertReceiver, AlertResult};
 use crate::auth::TokenFile;
-use crate::connections::ConnectionSlots;
+use crate::connections::{Close, ConnectionSlots};
 use crate::dispatch::{Anomaly, DispatchOutcome, Dispatcher};
 use crate::history::HISTORY_CAPACITY;
 use crate::metrics;
@@ -99,7 +98,6 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     deadline: impl Future<Output = Instant>,
 ) {
-    let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     // hyper starts this clock whenever it waits for a request head: on a fresh connection and
     // on an idle keep-alive one alike, so a silent or trickling client is cut off either way.
@@ -156,20 +154,29 @@ pub async fn serve(
             })
         };
         let connection = builder.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            tokio::select! {
-                // A client that vanishes mid-request is not the daemon's error.
-                _ = connection => {}
+            let mut connection = std::pin::pin!(connection);
+            // A client that vanishes mid-request is not the daemon's error.
+            let close = tokio::select! {
+                _ = connection.as_mut() => return,
+                close = slot.told_to_close() => close,
+            };
+            match close {
                 // Dropping an idle connection closes it; its slot is freed with `slot`.
-                () = slot.evicted() => {}
+                Close::Evicted => {}
+                // Shutdown: answer the request in flight (an idle one closes at once).
+                Close::Shutdown => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
             }
         });
     }
     // Stop accepting, then let each connection finish its request in flight.
     drop(listener);
+    slots.close_all();
     let deadline = deadline.await;
-    if tokio::time::timeout_at(deadline, graceful.shutdown())
+    if tokio::time::timeout_at(deadline, slots.all_closed())
         .await
         .is_err()
     {

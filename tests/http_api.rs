@@ -281,3 +281,26 @@ fn original_format_dispatches_as_log_only() {
     assert_eq!(record["action"], "log");
     assert_eq!(record["params"], json!({"exchange": "coinbase"}));
 }
+
+#[test]
+fn shutdown_closes_idle_keep_alive_connections_at_once() {
+    use std::io::{Read, Write};
+    let map = MapDir::new(MAP);
+    // Were an idle connection waited for, shutdown would take a minute: neither the shutdown
+    // timeout nor the header timeout (which also ends idle keep-alive connections) is shorter.
+    let args = ["--shutdown-timeout", "60s", "--header-read-timeout", "60s"];
+    let mut daemon = Daemon::start(&map.path(), &args);
+    let mut idle = std::net::TcpStream::connect(daemon.addr).unwrap();
+    idle.set_read_timeout(Some(crate::util::DEADLINE)).unwrap();
+    // One request, answered, and the connection kept open (HTTP/1.1 keep-alive).
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = [0u8; 1024];
+    let read = idle.read(&mut answer).unwrap();
+    assert!(answer[..read].starts_with(b"HTTP/1.1 200"));
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    // The daemon closes the connection and exits, both well inside `DEADLINE`.
+    assert_eq!(idle.read(&mut answer).unwrap(), 0, "closed by the daemon");
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+    assert!(daemon.records_with("shutdown timed out").is_empty());
+}
