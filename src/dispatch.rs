@@ -1,8 +1,8 @@
 //! From an anomaly to a running healing action: one snapshot of the map, one match, the safety
 //! rails, one triggered record, then the action on the task tracker so shutdown can wait for it.
 
-use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -10,7 +10,7 @@ use slog::Logger;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use uuid::Uuid;
+use uuid::{ContextV7, Timestamp, Uuid};
 
 use crate::actions::{self, ActionReport, ActionRun, Source};
 use crate::details::Details;
@@ -88,6 +88,20 @@ fn string_in(token: &str) -> Option<Arc<str>> {
         Ok(unescaped) => Some(Arc::from(unescaped)),
         Err(_) => serde_json::from_str::<String>(token).ok().map(Arc::from),
     }
+}
+
+/// Orders action ids within a millisecond, as `Uuid::now_v7` does with a context of its own.
+static ACTION_IDS: Mutex<ContextV7> = Mutex::new(ContextV7::new());
+
+/// A version 7 UUID for an action dispatched `at`: unique, sorting by dispatch time, and from
+/// the clock reading the action's `received_at` holds (`now_v7` would read the clock again).
+fn action_id(at: SystemTime) -> Uuid {
+    // A clock set before 1970 gives the epoch rather than failing the dispatch.
+    let since_epoch = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let context = ACTION_IDS.lock().unwrap_or_else(PoisonError::into_inner);
+    let timestamp =
+        Timestamp::from_unix(&*context, since_epoch.as_secs(), since_epoch.subsec_nanos());
+    Uuid::new_v7(timestamp)
 }
 
 /// What happened to one anomaly, as the HTTP answer reports it.
@@ -265,8 +279,9 @@ impl Dispatcher {
                 };
             }
         };
+        let received_at = SystemTime::now();
         let run = ActionRun {
-            action_id: Uuid::now_v7(),
+            action_id: action_id(received_at),
             anomaly: anomaly.name,
             workflow: workflow.clone(),
             details: Arc::new(anomaly.details),
@@ -274,7 +289,7 @@ impl Dispatcher {
             source,
             map_version: snapshot.version.clone(),
             dry_run: self.dry_run,
-            received_at: SystemTime::now(),
+            received_at,
         };
         drop(snapshot);
         records::action_triggered(&self.log, &run);
@@ -339,6 +354,19 @@ mod tests {
         tracker.close();
         tracker.wait().await;
         assert_eq!(dispatcher.history().newest(10).len(), 1);
+    }
+
+    #[test]
+    fn action_ids_are_version_7_and_sort_in_dispatch_order() {
+        let at = SystemTime::now();
+        // Many in one millisecond: the context's counter keeps them in order.
+        let ids: Vec<Uuid> = (0..1000).map(|_| action_id(at)).collect();
+        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]));
+        assert_eq!(ids[0].get_version_num(), 7);
+        let millis = at.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        let (seconds, nanos) = ids[0].get_timestamp().unwrap().to_unix();
+        assert_eq!(seconds * 1000 + u64::from(nanos) / 1_000_000, millis);
+        assert!(action_id(at + std::time::Duration::from_secs(1)) > ids[999]);
     }
 
     #[test]
