@@ -260,9 +260,10 @@ impl Dispatcher {
             records::unmatched(&self.log, &anomaly.name, source);
             return DispatchOutcome::Unmatched;
         };
+        let admitted_at = Instant::now();
         let permit = match self
             .rails
-            .admit(&anomaly.name, reflex, workflow, Instant::now())
+            .admit(&anomaly.name, reflex, workflow, admitted_at)
         {
             Ok(permit) => permit,
             Err(reason) => {
@@ -301,24 +302,22 @@ impl Dispatcher {
         // A log-only action (or a dry run) is over as soon as it starts: finish it here rather
         // than pay for a task (issue 5).
         if let Some(report) = actions::run_at_once(&run) {
-            self.finish(&run, permit, &report);
+            // Over within microseconds of its admission: the same instant serves both.
+            self.finish(&run, permit, &report, admitted_at);
             return outcome;
         }
         let this = self.clone();
         self.tracker.spawn(async move {
             let report = actions::run(&run, &this.cancel).await;
-            this.finish(&run, permit, &report);
+            this.finish(&run, permit, &report, Instant::now());
         });
         outcome
     }
 
     /// Releases the rails, updates the history and writes the finished record.
-    fn finish(&self, run: &ActionRun, permit: Permit, report: &ActionReport) {
+    fn finish(&self, run: &ActionRun, permit: Permit, report: &ActionReport, now: Instant) {
         let breaker = run.workflow.breaker;
-        if let Some(opened) = self
-            .rails
-            .finish(permit, report.outcome, breaker, Instant::now())
-        {
+        if let Some(opened) = self.rails.finish(permit, report.outcome, breaker, now) {
             records::circuit_opened(&self.log, &run.workflow.name, &opened);
         }
         self.history.finished(run.action_id, report);
