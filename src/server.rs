@@ -158,6 +158,8 @@ pub async fn serve(
             let mut connection = std::pin::pin!(connection);
             // A client that vanishes mid-request is not the daemon's error.
             let close = tokio::select! {
+                // In this order on every wake, without drawing a random branch first.
+                biased;
                 _ = connection.as_mut() => return,
                 close = slot.told_to_close() => close,
             };
