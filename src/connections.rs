@@ -55,7 +55,8 @@ struct Activity {
 impl ConnectionSlots {
     /// Room for `max` connections at once (at least one).
     pub fn new(max: usize) -> Arc<ConnectionSlots> {
-        let max = max.max(1);
+        // At most what one `acquire_many` can wait for, so `all_closed` waits for every slot.
+        let max = max.clamp(1, u32::MAX as usize);
         Arc::new(ConnectionSlots {
             permits: Arc::new(Semaphore::new(max)),
             max,
@@ -129,6 +130,7 @@ impl ConnectionSlots {
 
     /// Resolves once every connection has closed and freed its slot.
     pub async fn all_closed(&self) {
+        // `new` keeps `max` within a u32.
         let all = u32::try_from(self.max).unwrap_or(u32::MAX);
         // The semaphore is never closed; should that change, there is nothing left to wait for.
         let _ = self.permits.acquire_many(all).await;
@@ -255,6 +257,11 @@ impl Drop for BusyGuard {
 mod tests {
     use super::*;
 
+    /// Polls `future` once, with a waker that does nothing.
+    fn poll_once<F: Future>(future: Pin<&mut F>) -> Poll<F::Output> {
+        future.poll(&mut Context::from_waker(std::task::Waker::noop()))
+    }
+
     #[tokio::test]
     async fn a_full_table_evicts_the_idlest_idle_connection() {
         let slots = ConnectionSlots::new(2);
@@ -286,17 +293,18 @@ mod tests {
         let slots = ConnectionSlots::new(1);
         let only = slots.try_admit().unwrap();
         let mut evicted = std::pin::pin!(only.told_to_close());
-        let mut waker_cx = Context::from_waker(std::task::Waker::noop());
-        let mut poll_once = || evicted.as_mut().poll(&mut waker_cx).is_ready();
         // Asked to close while idle, but a request arrives before its task looks.
         assert!(slots.evict_idlest());
         let guard = only.busy();
-        assert!(!poll_once(), "a busy connection stays");
+        assert!(
+            poll_once(evicted.as_mut()).is_pending(),
+            "a busy connection stays"
+        );
         assert!(!slots.evict_idlest(), "nor is it picked while busy");
         drop(guard);
         // Idle again, it can be picked again, and then it goes.
         assert!(slots.evict_idlest());
-        assert!(poll_once());
+        assert_eq!(poll_once(evicted.as_mut()), Poll::Ready(Close::Evicted));
     }
 
     #[tokio::test]
@@ -314,9 +322,8 @@ mod tests {
             assert_eq!(close, Close::Shutdown);
         }
         let mut all_closed = std::pin::pin!(slots.all_closed());
-        let mut waker_cx = Context::from_waker(std::task::Waker::noop());
         assert!(
-            all_closed.as_mut().poll(&mut waker_cx).is_pending(),
+            poll_once(all_closed.as_mut()).is_pending(),
             "two slots are still taken"
         );
         drop((busy, late));
@@ -334,11 +341,8 @@ mod tests {
             slots.try_admit().unwrap(),
         );
         drop(a.busy()); // `a` answered a request after `c` was accepted
-        let mut waker_cx = Context::from_waker(std::task::Waker::noop());
-        let mut evicted = |connection: &Connection| {
-            std::pin::pin!(connection.told_to_close())
-                .poll(&mut waker_cx)
-                .is_ready()
+        let evicted = |connection: &Connection| {
+            poll_once(std::pin::pin!(connection.told_to_close())).is_ready()
         };
         // Each call picks one more; those picked stay told to close.
         for told in [&["b"][..], &["b", "c"], &["a", "b", "c"]] {

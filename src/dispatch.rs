@@ -96,9 +96,13 @@ static ACTION_IDS: Mutex<ContextV7> = Mutex::new(ContextV7::new());
 /// A version 7 UUID for an action dispatched `at`: unique, sorting by dispatch time, and from
 /// the clock reading the action's `received_at` holds (`now_v7` would read the clock again).
 fn action_id(at: SystemTime) -> Uuid {
+    action_id_in(&ACTION_IDS, at)
+}
+
+fn action_id_in(context: &Mutex<ContextV7>, at: SystemTime) -> Uuid {
     // A clock set before 1970 gives the epoch rather than failing the dispatch.
     let since_epoch = at.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let context = ACTION_IDS.lock().unwrap_or_else(PoisonError::into_inner);
+    let context = context.lock().unwrap_or_else(PoisonError::into_inner);
     let timestamp =
         Timestamp::from_unix(&*context, since_epoch.as_secs(), since_epoch.subsec_nanos());
     Uuid::new_v7(timestamp)
@@ -302,7 +306,9 @@ impl Dispatcher {
         // A log-only action (or a dry run) is over as soon as it starts: finish it here rather
         // than pay for a task (issue 5).
         if let Some(report) = actions::run_at_once(&run) {
-            // Over within microseconds of its admission: the same instant serves both.
+            // Over within microseconds of its admission: the same instant serves both (a
+            // breaker failure may so be recorded a few microseconds early, which no window
+            // measured in seconds can tell).
             self.finish(&run, permit, &report, admitted_at);
             return outcome;
         }
@@ -357,6 +363,9 @@ mod tests {
 
     #[test]
     fn action_ids_are_version_7_and_sort_in_dispatch_order() {
+        // A context of its own: the daemon's is shared with tests dispatching in parallel.
+        let context = Mutex::new(ContextV7::new());
+        let action_id = |at| action_id_in(&context, at);
         let at = SystemTime::now();
         // Many in one millisecond: the context's counter keeps them in order.
         let ids: Vec<Uuid> = (0..1000).map(|_| action_id(at)).collect();

@@ -191,6 +191,9 @@ impl Matcher {
             }
         }
         by_head.retain(|_, bucket| {
+            // In file order, whatever order the caller gave: a bucket's first match must be
+            // its earliest.
+            bucket.sort_by_key(|(_, reflex)| *reflex);
             let keep = bucket.len() <= bucket_limit;
             if !keep {
                 unindexed.append(bucket);

@@ -166,7 +166,9 @@ pub async fn serve(
             match close {
                 // Dropping an idle connection closes it; its slot is freed with `slot`.
                 Close::Evicted => {}
-                // Shutdown: answer the request in flight (an idle one closes at once).
+                // Shutdown: answer the request in flight, then close. A keep-alive connection
+                // between requests closes at once; one that has not yet sent a whole request
+                // is served that request, or cut off by the header timeout or the deadline.
                 Close::Shutdown => {
                     connection.as_mut().graceful_shutdown();
                     let _ = connection.await;
