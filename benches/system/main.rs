@@ -35,7 +35,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use client::Client;
 use load::{median, LoadRun, Wrk};
 use procs::{Pinning, Server};
-use report::{mib, ms, ratio, Machine, Report, Verdict};
+use report::{ms, ratio, Machine, Report, Verdict};
 
 /// Run this binary with this flag to get the reference server instead of the benchmark.
 const REFERENCE_FLAG: &str = "--reference-server";
@@ -553,12 +553,11 @@ fn throughput(bench: &Bench, report: &mut Report) -> Result<()> {
         procs::memory(reference.pid())?,
     ];
     let section = "memory";
-    report.row(
+    report.memory_row(
         section,
         "idle RSS after startup (VmRSS)",
-        mib(idle[0].rss_kib),
-        mib(idle[1].rss_kib),
-        ratio(idle[0].rss_kib as f64, idle[1].rss_kib as f64),
+        idle[0].rss_kib,
+        idle[1].rss_kib,
         "< 10 MiB",
         Verdict::of(idle[0].rss_kib < 10 * 1024),
     );
@@ -567,21 +566,19 @@ fn throughput(bench: &Bench, report: &mut Report) -> Result<()> {
         peak(&under_load[0], d.max_rss_kib),
         peak(&under_load[1], r.max_rss_kib),
     );
-    report.row(
+    report.memory_row(
         section,
         "RSS under load (VmHWM, peak)",
-        mib(peak_d),
-        mib(peak_r),
-        ratio(peak_d as f64, peak_r as f64),
+        peak_d,
+        peak_r,
         "< 40 MiB",
         Verdict::of(peak_d < 40 * 1024),
     );
-    report.row(
+    report.memory_row(
         section,
         "RSS idle again after load (VmRSS)",
-        mib(after[0].rss_kib),
-        mib(after[1].rss_kib),
-        ratio(after[0].rss_kib as f64, after[1].rss_kib as f64),
+        after[0].rss_kib,
+        after[1].rss_kib,
         "",
         Verdict::Info,
     );
@@ -898,12 +895,11 @@ fn scale(bench: &Bench, report: &mut Report) -> Result<()> {
     );
     std::thread::sleep(settings.idle_settle);
     let (mem_big, mem_small) = (procs::memory(daemon.pid())?, procs::memory(baseline.pid())?);
-    report.row(
+    report.memory_row(
         section,
         "daemon idle RSS with the map (VmRSS)",
-        mib(mem_big.rss_kib),
-        mib(mem_small.rss_kib),
-        ratio(mem_big.rss_kib as f64, mem_small.rss_kib as f64),
+        mem_big.rss_kib,
+        mem_small.rss_kib,
         "",
         Verdict::Info,
     );

@@ -102,6 +102,27 @@ impl Report {
         }
     }
 
+    /// A row of resident memory, daemon against reference, both in KiB.
+    pub fn memory_row(
+        &mut self,
+        section: &'static str,
+        figure: &str,
+        daemon_kib: u64,
+        reference_kib: u64,
+        goal: &str,
+        verdict: Verdict,
+    ) {
+        self.row(
+            section,
+            figure,
+            mib(daemon_kib),
+            mib(reference_kib),
+            ratio(daemon_kib as f64, reference_kib as f64),
+            goal,
+            verdict,
+        );
+    }
+
     pub fn note(&mut self, note: impl Into<String>) {
         let note = note.into();
         println!("  note: {note}");
