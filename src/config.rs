@@ -696,11 +696,18 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
         }
     };
     let mut reflexes = Vec::new();
+    // Patterns as parsed when the file was read, each with its reflex's index.
+    let mut patterns = Vec::new();
     for (key, reflex) in raw.reflexes.entries {
+        let text = key.as_str().to_string();
+        let is_pattern = matches!(key, ReflexKey::Pattern(_));
+        if let ReflexKey::Pattern(pattern) = key {
+            patterns.push((pattern, reflexes.len()));
+        }
         reflexes.push((
             Reflex {
-                key: key.as_str().to_string(),
-                is_pattern: matches!(key, ReflexKey::Pattern(_)),
+                key: text,
+                is_pattern,
                 workflow: reflex.workflow,
                 workflow_index: 0, // set below, once the workflows are known
                 params: params_of(reflex.params),
@@ -772,11 +779,6 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
         .enumerate()
         .filter(|(_, r)| !r.is_pattern)
         .map(|(i, r)| (r.key.clone(), i));
-    let patterns = reflexes
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.is_pattern)
-        .filter_map(|(i, r)| Pattern::parse(&r.key).ok().map(|p| (p, i)));
     let matcher = Matcher::new(exact, patterns)
         .map_err(|message| ConfigErrors(vec![error_at((1, 1), message)]))?;
     Ok(ReflexMap {

@@ -41,13 +41,11 @@ pub fn is_pattern(key: &str) -> bool {
     key.contains(['*', '?'])
 }
 
-/// A reflex key that holds `*` or `?`, checked, split into tokens and translated to an anchored
-/// regex.
+/// A reflex key that holds `*` or `?`, checked and split into tokens.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Pattern {
     source: String,
     tokens: Vec<Token>,
-    regex: String,
 }
 
 /// One piece of a pattern.
@@ -66,8 +64,6 @@ impl Pattern {
     /// Parses a glob-style pattern; `***` (or longer runs of stars) is rejected as ambiguous.
     pub fn parse(source: &str) -> Result<Pattern, String> {
         validate_name(source).map_err(|why| format!("invalid pattern `{source}`: {why}"))?;
-        let mut regex = String::with_capacity(source.len() * 2 + 2);
-        regex.push('^');
         let mut tokens = Vec::new();
         let mut literal = String::new();
         let mut chars = source.chars().peekable();
@@ -80,20 +76,11 @@ impl Pattern {
                             "invalid pattern `{source}`: `***` is ambiguous; use `*` within a segment or `**` across dots"
                         ));
                     }
-                    regex.push_str(".*");
                     Token::AcrossDots
                 }
-                '*' => {
-                    regex.push_str("[^.]*");
-                    Token::WithinSegment
-                }
-                '?' => {
-                    regex.push_str("[^.]");
-                    Token::OneChar
-                }
+                '*' => Token::WithinSegment,
+                '?' => Token::OneChar,
                 other => {
-                    let mut buf = [0u8; 4];
-                    regex.push_str(&regex::escape(other.encode_utf8(&mut buf)));
                     literal.push(other);
                     continue;
                 }
@@ -106,17 +93,32 @@ impl Pattern {
         if !literal.is_empty() {
             tokens.push(Token::Literal(literal.into()));
         }
-        regex.push('$');
         Ok(Pattern {
             source: source.to_string(),
             tokens,
-            regex,
         })
     }
 
     /// The pattern as written in the map.
     pub fn as_str(&self) -> &str {
         &self.source
+    }
+
+    /// The pattern as a regex anchored at both ends: for the patterns the head index does not
+    /// take.
+    fn regex(&self) -> String {
+        let mut regex = String::with_capacity(self.source.len() * 2 + 2);
+        regex.push('^');
+        for token in &self.tokens {
+            match token {
+                Token::Literal(literal) => regex.push_str(&regex::escape(literal)),
+                Token::WithinSegment => regex.push_str("[^.]*"),
+                Token::AcrossDots => regex.push_str(".*"),
+                Token::OneChar => regex.push_str("[^.]"),
+            }
+        }
+        regex.push('$');
+        regex
     }
 }
 
@@ -204,7 +206,7 @@ impl Matcher {
         unindexed.sort_by_key(|(_, reflex)| *reflex);
         let (regexes, regex_reflex): (Vec<String>, Vec<usize>) = unindexed
             .into_iter()
-            .map(|(pattern, reflex)| (pattern.regex, reflex))
+            .map(|(pattern, reflex)| (pattern.regex(), reflex))
             .unzip();
         let regex = Regex::new_many(&regexes)
             .map_err(|err| format!("the reflex patterns do not compile: {err}"))?;
