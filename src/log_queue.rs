@@ -32,8 +32,8 @@ const RETAINED_BATCH_BYTES: usize = 1024 * 1024;
 /// What loggers and the log thread share.
 struct Shared {
     batch: Mutex<Batch>,
-    /// Signalled for the log thread: lines arrived while it was idle, a flush was asked for, or
-    /// a drain or guard went away.
+    /// Signalled for the log thread: lines arrived while it was idle, or a drain or guard went
+    /// away.
     work: Condvar,
     /// Signalled by the log thread once a batch is taken and written: for loggers waiting for
     /// room and for flushes.
@@ -51,9 +51,8 @@ struct Batch {
     written: u64,
     /// The log thread waits on `work`; only then does a logger need to signal it.
     idle: bool,
-    /// A flush is waiting: the log thread writes without waiting for the window.
-    flush_asked: bool,
-    /// Threads waiting on `written`; the log thread signals only when there are some.
+    /// Threads waiting on `written` (a flush, or a logger waiting for room); the log thread
+    /// signals only when there are some, and then writes without waiting for the window.
     waiting: usize,
     /// The drain and the guard not yet dropped; the log thread ends when none is left.
     handles: usize,
@@ -115,9 +114,9 @@ pub struct QueueGuard {
 impl Drop for QueueGuard {
     fn drop(&mut self) {
         let mut batch = self.shared.lock();
+        // Lines not yet written are in the batch (so the log thread is awake) or being
+        // written; waiting counts in `waiting`, which also cuts the thread's window short.
         let target = batch.appended;
-        batch.flush_asked = true;
-        self.shared.work.notify_one();
         while batch.written < target && !batch.stopped {
             batch = self.shared.wait_written(batch);
         }
@@ -220,7 +219,7 @@ fn write_batches<E: Write, A: Write>(shared: &Shared, mut stderr: E, mut audit: 
     let mut batch = shared.lock();
     loop {
         let is_alone = batch.handles == 0;
-        if batch.is_empty() && !batch.flush_asked {
+        if batch.is_empty() {
             if is_alone {
                 return;
             }
@@ -233,12 +232,11 @@ fn write_batches<E: Write, A: Write>(shared: &Shared, mut stderr: E, mut audit: 
             continue;
         }
         // No window when a flush or a blocked logger waits, or nobody is left to add lines.
-        if !batch.flush_asked && batch.waiting == 0 && !is_alone {
+        if batch.waiting == 0 && !is_alone {
             drop(batch);
             std::thread::sleep(BATCH_WINDOW);
             batch = shared.lock();
         }
-        batch.flush_asked = false;
         mem::swap(&mut batch.stderr, &mut stderr_lines);
         mem::swap(&mut batch.audit, &mut audit_lines);
         let taken = batch.appended;
