@@ -71,14 +71,9 @@ pub fn init(
                 }
                 None => Box::new(stderr),
             };
-            // The audit log keeps every healing-action record (CRIT and WARN) whatever
-            // --log-level says, so the level above applies to stderr alone and the filter in
-            // front of the channel lets WARN through too.
-            let outer_level = if audit_enabled {
-                level.max(slog::Level::Warning)
-            } else {
-                level
-            };
+            // The audit log keeps every healing-action record whatever --log-level says, so
+            // the level above applies to stderr alone, and the filter in front of the channel
+            // is the rule `log_queue` applies to the JSON path.
             let (async_drain, guard) = slog_async::Async::new(drain)
                 .chan_size(LOG_CHANNEL_RECORDS)
                 .overflow_strategy(slog_async::OverflowStrategy::Block)
@@ -86,7 +81,10 @@ pub fn init(
                 .build_with_guard();
             (
                 Logger::root(
-                    slog::LevelFilter::new(async_drain, outer_level).ignore_res(),
+                    slog::Filter::new(async_drain, move |record| {
+                        record.level().is_at_least(level) || (audit_enabled && is_audit(record))
+                    })
+                    .ignore_res(),
                     o!(),
                 ),
                 LogGuard::Async(guard),
