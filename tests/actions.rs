@@ -612,3 +612,31 @@ fn audit_log_keeps_warn_records_whatever_the_log_level() {
     daemon.wait_exit();
     assert!(daemon.records_with("healing action suppressed").is_empty());
 }
+
+#[test]
+fn term_format_audit_log_keeps_warn_records_whatever_the_log_level() {
+    let map = MapDir::new("workflows: {page: {}}\nreflexes: {a: {workflow: page, cooldown: 1h}}\n");
+    let audit = map.file("audit.log");
+    let args = [
+        "--log-format",
+        "term",
+        "--audit-log",
+        audit.to_str().unwrap(),
+        "--log-level",
+        "critical",
+    ];
+    let mut daemon = Daemon::start_quiet(&map.path(), &args);
+    assert_eq!(daemon.post_anomaly(&json!({"name": "a"})).status, 202);
+    let response = daemon.post_anomaly(&json!({"name": "a"}));
+    assert_eq!(response.json()["reason"], "cooldown");
+    wait_until("the suppressed record in the audit log", || {
+        json_lines(&audit)
+            .iter()
+            .any(|l| l["msg"] == "healing action suppressed")
+    });
+    daemon.signal(Signal::SIGTERM);
+    daemon.wait_exit();
+    let stderr = daemon.stderr();
+    assert!(stderr.contains("healing action finished"), "{stderr}");
+    assert!(!stderr.contains("healing action suppressed"), "{stderr}");
+}

@@ -189,10 +189,12 @@ pub fn daemon_command(config: &Path, args: &[&str]) -> Command {
 
 /// Appends the daemon's arguments to `command` (which may run the binary through a wrapper).
 pub fn add_daemon_args(command: &mut Command, config: &Path, args: &[&str]) {
+    command.arg("--config").arg(config);
+    // JSON records, which the helpers read, unless the test asks for another format.
+    if !args.contains(&"--log-format") {
+        command.args(["--log-format", "json"]);
+    }
     command
-        .arg("--config")
-        .arg(config)
-        .args(["--log-format", "json"])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
