@@ -10,6 +10,7 @@ use serde::{Serialize, Serializer};
 use uuid::Uuid;
 
 use crate::config::JsonObject;
+use crate::details::Details;
 
 /// A parsed template: literal text and placeholders, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +36,8 @@ pub struct TemplateContext<'a> {
     pub anomaly: &'a str,
     pub workflow: &'a str,
     pub action_id: Uuid,
-    pub details: &'a JsonObject,
+    /// Parsed only if a placeholder reads from them (most templates do not).
+    pub details: &'a Details,
     pub params: &'a JsonObject,
 }
 
@@ -78,7 +80,9 @@ impl Template {
                         .hyphenated()
                         .encode_lower(&mut Uuid::encode_buffer()),
                 ),
-                Part::Details(path) => out.push_str(&lookup(context.details, path, "details")?),
+                Part::Details(path) => {
+                    out.push_str(&lookup(context.details.object(), path, "details")?)
+                }
                 Part::Params(path) => out.push_str(&lookup(context.params, path, "params")?),
             }
         }
@@ -165,7 +169,7 @@ mod tests {
     }
 
     fn expand(template: &str, details: serde_json::Value) -> Result<String, String> {
-        let details = object(details);
+        let details = Details::from_object(object(details));
         let params = object(json!({"unit": "nginx", "deep": {"x": 1}}));
         Template::parse(template).unwrap().expand(&TemplateContext {
             anomaly: "nginx.web1.down",

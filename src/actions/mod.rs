@@ -60,7 +60,7 @@ impl ActionRun {
             anomaly: &self.anomaly,
             workflow: &self.workflow.name,
             action_id: self.action_id,
-            details: self.details.object(),
+            details: &self.details,
             params: &self.params,
         }
     }
