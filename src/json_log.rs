@@ -191,8 +191,14 @@ impl slog::Serializer for Fields<'_> {
     }
 
     fn emit_str(&mut self, key: Key, value: &str) -> slog::Result {
-        self.key(key);
-        write_string(self.line, value);
+        // Most keys carry a string: written in one piece, with one capacity check.
+        let line = &mut *self.line;
+        line.reserve(key.len() + value.len() + 6);
+        line.extend_from_slice(b",\"");
+        write_escaped(line, key);
+        line.extend_from_slice(b"\":\"");
+        write_escaped(line, value);
+        line.push(b'"');
         Ok(())
     }
 
