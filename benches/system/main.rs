@@ -104,6 +104,10 @@ struct Settings {
     since: Option<SystemTime>,
     /// `BENCH_KEEP=1`: keep the scratch directory (maps, daemon logs) for inspection.
     keep: bool,
+    /// `BENCH_DAEMON`: the daemon binary to measure. bench/run.sh sets it to a copy of
+    /// `cargo build --release`'s; without it, the harness runs cargo bench's own build, which
+    /// carries the dev-dependencies' features (tokio's `test-util` clock among them).
+    daemon: Option<PathBuf>,
 }
 
 fn env_parse<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
@@ -147,6 +151,7 @@ impl Settings {
                 None => None,
             },
             keep: env_parse("BENCH_KEEP", 0u8)? != 0,
+            daemon: non_empty("BENCH_DAEMON").map(PathBuf::from),
         })
     }
 
@@ -162,10 +167,14 @@ impl Settings {
             ),
             None => "no pinning".to_string(),
         };
+        let daemon = match &self.daemon {
+            Some(daemon) => format!(" BENCH_DAEMON={}", daemon.display()),
+            None => String::new(),
+        };
         format!(
             "BENCH_SECS={} BENCH_WARMUP_SECS={} BENCH_ROUNDS={} BENCH_CONNECTIONS={} \
              BENCH_WRK_THREADS={} BENCH_RELOADS={} BENCH_RELOAD_LOAD_SECS={} \
-             BENCH_SCALE_EXACT={} BENCH_SCALE_PATTERNS={}; {pin}",
+             BENCH_SCALE_EXACT={} BENCH_SCALE_PATTERNS={}{daemon}; {pin}",
             self.secs,
             self.warmup_secs,
             self.rounds,
@@ -278,7 +287,10 @@ fn run() -> Result<()> {
         pinning: pinning.clone(),
         wrk,
         server_cores: if pinning.is_some() { 1.0 } else { nproc as f64 },
-        daemon_binary: PathBuf::from(env!("CARGO_BIN_EXE_autohealer")),
+        daemon_binary: settings
+            .daemon
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_autohealer"))),
         scratch: scratch_dir.path().to_path_buf(),
     };
     println!("AutoHealer system benchmark");
@@ -292,6 +304,12 @@ fn run() -> Result<()> {
     let mut report = Report::default();
     if cfg!(debug_assertions) {
         report.note("built with debug assertions: these figures are not the release build's");
+    }
+    if settings.daemon.is_none() {
+        report.note(
+            "the daemon measured is cargo bench's build, with the dev-dependencies' features \
+             (tokio test-util): bench/run.sh measures `cargo build --release`'s (BENCH_DAEMON)",
+        );
     }
     if pinning.is_none() {
         report.note("server and client were not pinned (one CPU, no taskset, or BENCH_PIN=0)");
