@@ -365,12 +365,20 @@ fn run() -> Result<()> {
 
 /// Runs one wrk pass per server per round, alternating which goes first, after one warm-up
 /// each. Returns the measured runs and the number of warm-up requests per server.
+/// What `rounds` measured: each server's runs, and the requests its warm-up sent.
+struct Rounds {
+    runs: [Vec<LoadRun>; 2],
+    warmup: [u64; 2],
+    /// Records a daemon's log held when it was emptied before each run (`Server::rotate_log`).
+    rotated_records: [u64; 2],
+}
+
 fn rounds(
     bench: &Bench,
     servers: [&Server; 2],
     script: &str,
     args: [&[&str]; 2],
-) -> Result<([Vec<LoadRun>; 2], [u64; 2])> {
+) -> Result<Rounds> {
     let settings = &bench.settings;
     let mut warmup = [0; 2];
     if settings.warmup_secs > 0.0 {
@@ -386,16 +394,22 @@ fn rounds(
         }
     }
     let mut runs: [Vec<LoadRun>; 2] = [Vec::new(), Vec::new()];
+    let mut rotated_records = [0; 2];
     for round in 0..settings.rounds {
         let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
+            rotated_records[i] += servers[i].rotate_log()?;
             let run = bench
                 .wrk
                 .run(servers[i], "/anomaly", settings.secs, script, args[i])?;
             runs[i].push(run);
         }
     }
-    Ok((runs, warmup))
+    Ok(Rounds {
+        runs,
+        warmup,
+        rotated_records,
+    })
 }
 
 /// Medians over the rounds of one server.
@@ -552,7 +566,11 @@ fn throughput(bench: &Bench, report: &mut Report) -> Result<()> {
         procs::memory(reference.pid())?,
     ];
 
-    let (runs, warmup) = rounds(
+    let Rounds {
+        runs,
+        warmup,
+        rotated_records,
+    } = rounds(
         bench,
         [&daemon, &reference],
         "post.lua",
@@ -603,15 +621,16 @@ fn throughput(bench: &Bench, report: &mut Report) -> Result<()> {
 
     // The log is part of what was measured: check the daemon really wrote its records.
     if let Some(log) = &daemon.log {
-        let lines = procs::count_lines(log)?;
-        let bytes = std::fs::metadata(log)?.len();
+        let lines = procs::count_lines(log)? + rotated_records[0];
+        let last_run_bytes = std::fs::metadata(log)?.len();
         let total_requests = d.requests + warmup[0] + 1;
         report.note(format!(
-            "throughput: the daemon wrote {lines} JSON log records ({:.0} MiB) to a file while \
-             answering {total_requests} requests (warm-up included): {:.2} records per request \
-             (a triggered and a finished record each)",
-            bytes as f64 / (1024.0 * 1024.0),
-            lines as f64 / total_requests.max(1) as f64
+            "throughput: the daemon wrote {lines} JSON log records to a file while answering \
+             {total_requests} requests (warm-up included): {:.2} records per request (a \
+             triggered and a finished record each); the file was emptied before each measured \
+             run and held {:.0} MiB after the last",
+            lines as f64 / total_requests.max(1) as f64,
+            last_run_bytes as f64 / (1024.0 * 1024.0),
         ));
     }
     Ok(())
@@ -942,7 +961,7 @@ fn scale(bench: &Bench, report: &mut Report) -> Result<()> {
     let lines: Vec<String> = names.iter().map(|n| mapgen::anomaly_body(n)).collect();
     std::fs::write(&bodies, lines.join("\n") + "\n")?;
     let bodies = bodies.to_string_lossy().into_owned();
-    let (runs, _) = rounds(
+    let Rounds { runs, .. } = rounds(
         bench,
         [&daemon, &baseline],
         "cycle.lua",
