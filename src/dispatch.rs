@@ -1,9 +1,13 @@
 //! From an anomaly to a running healing action: one snapshot of the map, one match, the safety
 //! rails, one triggered record, then the action on the task tracker so shutdown can wait for it.
 
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use slog::Logger;
@@ -36,7 +40,7 @@ impl Anomaly {
         #[derive(Deserialize)]
         struct Body<'a> {
             #[serde(borrow)]
-            name: Option<&'a RawValue>,
+            name: Option<NameField<'a>>,
             #[serde(borrow)]
             details: Option<&'a RawValue>,
         }
@@ -57,20 +61,11 @@ impl Anomaly {
             Err(err) if err.is_data() => return Err(not_an_object()),
             Err(err) => return Err(format!("the body is not valid JSON: {err}")),
         };
-        let name = match body.name.map(RawValue::get) {
-            None | Some("null") => return Err("`name` is required".into()),
-            Some(token) if token.starts_with('"') => match string_in(token) {
-                Some(name) => name,
-                // An escape the first pass skips over but no string can hold (a lone
-                // surrogate): parsed again in full, for serde_json's message and position.
-                None => {
-                    return Err(match serde_json::from_str::<serde_json::Value>(text) {
-                        Err(err) => format!("the body is not valid JSON: {err}"),
-                        Ok(_) => "`name` must be a string".into(),
-                    })
-                }
-            },
-            Some(_) => return Err("`name` must be a string".into()),
+        let name: Arc<str> = match body.name {
+            // `name: null` reaches here as `None`, like a body without a name.
+            None => return Err("`name` is required".into()),
+            Some(NameField::Text(name)) => Arc::from(name),
+            Some(NameField::NotText) => return Err("`name` must be a string".into()),
         };
         matcher::validate_name(&name).map_err(|why| format!("`name` {why}"))?;
         // `details: null` reaches here as `None`, like a body without details.
@@ -82,11 +77,62 @@ impl Anomaly {
     }
 }
 
-/// The string a JSON string token holds, read in place when it has no escapes.
-fn string_in(token: &str) -> Option<Arc<str>> {
-    match serde_json::from_str::<&str>(token) {
-        Ok(unescaped) => Some(Arc::from(unescaped)),
-        Err(_) => serde_json::from_str::<String>(token).ok().map(Arc::from),
+/// The `name` of a `POST /anomaly` body as sent: a string, borrowed from the body when it has
+/// no escapes, or any other JSON value, which gets its own 400 message rather than serde's.
+enum NameField<'a> {
+    Text(Cow<'a, str>),
+    NotText,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for NameField<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Field<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for Field<'a> {
+            type Value = NameField<'a>;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+                formatter.write_str("any JSON value")
+            }
+
+            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Self::Value, E> {
+                Ok(NameField::Text(Cow::Borrowed(text)))
+            }
+
+            fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(NameField::Text(Cow::Owned(text.to_owned())))
+            }
+
+            fn visit_string<E>(self, text: String) -> Result<Self::Value, E> {
+                Ok(NameField::Text(Cow::Owned(text)))
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(NameField::NotText)
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(NameField::NotText)
+            }
+
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(NameField::NotText)
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(NameField::NotText)
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<Self::Value, A::Error> {
+                while items.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(NameField::NotText)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut entries: A) -> Result<Self::Value, A::Error> {
+                while entries.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(NameField::NotText)
+            }
+        }
+        deserializer.deserialize_any(Field(PhantomData))
     }
 }
 
