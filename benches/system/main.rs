@@ -472,6 +472,28 @@ fn rps_rows(
         format!("ratio ≥ {goal:.2}"),
         rps_verdict(bench, &r, d.rps / r.rps, goal),
     );
+    // Each round as well as the median: a round the machine disturbed shows here.
+    let per_round = |runs: &[LoadRun]| {
+        runs.iter()
+            .map(|run| {
+                format!(
+                    "{:.0}k/{}",
+                    run.wrk.rps() / 1e3,
+                    ms(run.wrk.p99_us as f64 / 1e3)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    report.row(
+        section,
+        "each round: requests/s / p99",
+        per_round(&runs[0]),
+        per_round(&runs[1]),
+        "",
+        "",
+        Verdict::Info,
+    );
     load_rows(report, section, &d, &r, goal);
     (d, r)
 }
