@@ -235,6 +235,9 @@ pub enum ReloadMessage {
     FileChanged,
     /// The watcher itself failed; events may have been lost.
     WatchFailed(String),
+    /// The watcher was just armed: look at the file once, and run a reload pass only if it is
+    /// not the map in force (an edit made before the watch existed).
+    Recheck,
     /// Reload now, on behalf of SIGHUP or `POST /-/reload`, and answer on `reply` if given.
     Reload {
         trigger: Trigger,
@@ -459,6 +462,7 @@ impl Reloader {
                     self.reload(Trigger::Watch);
                 }
             }
+            ReloadMessage::Recheck => self.recheck(),
             ReloadMessage::Reload { trigger, reply } => {
                 let outcome = self.reload(trigger);
                 if let Some(reply) = reply {
@@ -470,9 +474,21 @@ impl Reloader {
         true
     }
 
+    /// A reload pass only if the file is not the map in force. The look after the watcher is
+    /// armed is not a reload anyone asked for: an unchanged file costs one read and a digest,
+    /// and tells systemd nothing (a pass would send RELOADING=1 and READY=1 right after
+    /// startup's READY=1).
+    fn recheck(&mut self) {
+        let unchanged =
+            read_file(&self.path).is_ok_and(|file| file.digest == self.handle.load().digest);
+        if !unchanged {
+            self.reload(Trigger::Watch);
+        }
+    }
+
     /// Arms a notify watcher on the config's directory (and its symlink target's) that feeds
-    /// `messages`, then asks for one look at the file, so an edit made between the startup load
-    /// and now is not missed (an unchanged file costs one read and a digest).
+    /// `messages`, then asks for one look at the file (`Recheck`), so an edit made between the
+    /// startup load and now is not missed.
     pub fn start_watching(&mut self, messages: mpsc::Sender<ReloadMessage>) -> notify::Result<()> {
         let names = self.watched_names.clone();
         let sender = messages.clone();
@@ -501,7 +517,7 @@ impl Reloader {
             self.watch = None;
             return Err(err);
         }
-        let _ = messages.send(ReloadMessage::FileChanged);
+        let _ = messages.send(ReloadMessage::Recheck);
         Ok(())
     }
 
@@ -657,6 +673,49 @@ mod tests {
             watched_names(&link),
             [OsString::from("map.yml"), OsString::from("..data")]
         );
+    }
+
+    #[test]
+    fn the_look_after_arming_reloads_and_tells_systemd_only_when_the_file_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("map.yml");
+        std::fs::write(&path, "workflows: {page: {}}\nreflexes: {a: page}\n").unwrap();
+        let handle: MapHandle = Arc::new(ArcSwap::from_pointee(load(&path, 1).unwrap()));
+        let socket_path = dir.path().join("notify.sock");
+        let systemd = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+        systemd.set_nonblocking(true).unwrap();
+        let log = Logger::root(slog::Discard, slog::o!());
+        let mut reloader = Reloader::new(path.clone(), handle.clone(), log)
+            .with_notifier(Notifier::connect(socket_path.as_os_str()).unwrap());
+        let received = || {
+            let mut buf = [0; 512];
+            std::iter::from_fn(|| {
+                let len = systemd.recv(&mut buf).ok()?;
+                Some(String::from_utf8_lossy(&buf[..len]).into_owned())
+            })
+            .collect::<Vec<_>>()
+        };
+
+        // Arming asks for the look; an unchanged file is no reload and no message.
+        let (messages, requests) = mpsc::channel();
+        reloader.start_watching(messages).unwrap();
+        assert!(matches!(requests.try_recv(), Ok(ReloadMessage::Recheck)));
+        reloader.recheck();
+        assert_eq!(handle.load().generation, 1);
+        assert_eq!(received(), Vec::<String>::new());
+
+        // An edit the watch did not see (made before it existed) is loaded by the look.
+        std::fs::write(
+            &path,
+            "workflows: {page: {}}\nreflexes: {a: page, b: page}\n",
+        )
+        .unwrap();
+        reloader.recheck();
+        assert_eq!(handle.load().generation, 2);
+        let sent = received();
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert!(sent[0].starts_with("RELOADING=1"), "{sent:?}");
+        assert!(sent[1].starts_with("READY=1"), "{sent:?}");
     }
 
     #[test]

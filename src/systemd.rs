@@ -123,7 +123,7 @@ struct NotifySocket {
 
 impl Notifier {
     /// A notifier for `NOTIFY_SOCKET`: a path, or `@name` for the abstract namespace.
-    fn connect(path: &OsStr) -> io::Result<Notifier> {
+    pub(crate) fn connect(path: &OsStr) -> io::Result<Notifier> {
         let bytes = path.as_bytes();
         let addr = match bytes.strip_prefix(b"@") {
             Some(name) => SocketAddr::from_abstract_name(name)?,
