@@ -59,7 +59,7 @@ impl Anomaly {
             Ok(body) if is_object => body,
             Ok(_) => return Err(not_an_object()),
             Err(err) if err.is_data() => return Err(not_an_object()),
-            Err(err) => return Err(format!("the body is not valid JSON: {err}")),
+            Err(err) => return Err(unreadable(text, is_object, &err)),
         };
         let name: Arc<str> = match body.name {
             // `name: null` reaches here as `None`, like a body without a name.
@@ -74,6 +74,23 @@ impl Anomaly {
             Some(text) => Details::from_json(text)?,
         };
         Ok(Anomaly { name, details })
+    }
+}
+
+/// The message for a body serde_json could not read. A number no `f64` holds (`1e400`) is valid
+/// JSON that serde_json will not read as a value: as a `name` it is simply not a string, as the
+/// first pass over raw tokens, which does not read numbers, tells.
+fn unreadable(text: &str, is_object: bool, err: &serde_json::Error) -> String {
+    #[derive(Deserialize)]
+    struct RawName<'a> {
+        #[serde(borrow)]
+        name: Option<&'a RawValue>,
+    }
+    match serde_json::from_str::<RawName>(text) {
+        Ok(RawName { name: Some(token) }) if is_object && !token.get().starts_with('"') => {
+            "`name` must be a string".into()
+        }
+        _ => format!("the body is not valid JSON: {err}"),
     }
 }
 
@@ -493,7 +510,22 @@ mod tests {
             err(br#"{"name": "a\ud800"}"#),
             "the body is not valid JSON: unexpected end of hex escape at line 1 column 18"
         );
-        assert_eq!(err(br#"{"name": 5}"#), "`name` must be a string");
+        for not_text in [
+            "5",
+            "1.5",
+            "-1",
+            "1e400",
+            "true",
+            "{}",
+            r#"{"a": [1]}"#,
+            "[]",
+        ] {
+            assert_eq!(
+                err(format!(r#"{{"name": {not_text}, "details": {{}}}}"#).as_bytes()),
+                "`name` must be a string",
+                "{not_text}"
+            );
+        }
         assert_eq!(err(br#"{"name": ""}"#), "`name` must not be empty");
         // C0 controls, DEL, and (in a name that is not ASCII) C1 controls.
         for name in [r#""a\nb""#, r#""a\u007fb""#, r#""é\u0085""#] {
