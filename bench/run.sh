@@ -35,10 +35,13 @@ fi
 # The daemon measured is the one users run: `cargo bench` builds the binary with the
 # dev-dependencies' features too (tokio's test-util clock, ~3% slower per request), and writes
 # it where `cargo build --release` writes its own, so the release build is copied aside first.
-echo "== cargo build --release (the daemon measured)"
-cargo build --release
-mkdir -p target/bench-daemon
-cp target/release/autohealer target/bench-daemon/autohealer
-export BENCH_DAEMON="${BENCH_DAEMON:-$PWD/target/bench-daemon/autohealer}"
+if [ -z "${BENCH_ONLY:-}" ] || [[ "$only" == *,throughput,* || "$only" == *,reload,* || "$only" == *,scale,* ]]; then
+    echo "== cargo build --release (the daemon measured)"
+    cargo build --release
+    target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+    mkdir -p "$target_dir/bench-daemon"
+    cp "$target_dir/release/autohealer" "$target_dir/bench-daemon/autohealer"
+    export BENCH_DAEMON="${BENCH_DAEMON:-$target_dir/bench-daemon/autohealer}"
+fi
 echo "== cargo bench --bench system"
 cargo bench --bench system

@@ -363,8 +363,6 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-/// Runs one wrk pass per server per round, alternating which goes first, after one warm-up
-/// each. Returns the measured runs and the number of warm-up requests per server.
 /// What `rounds` measured: each server's runs, and the requests its warm-up sent.
 struct Rounds {
     runs: [Vec<LoadRun>; 2],
@@ -373,6 +371,8 @@ struct Rounds {
     rotated_records: [u64; 2],
 }
 
+/// Runs one wrk pass per server per round, alternating which goes first, after one warm-up
+/// each; a daemon's log is emptied before each of its passes (`Server::rotate_log`).
 fn rounds(
     bench: &Bench,
     servers: [&Server; 2],

@@ -223,6 +223,19 @@ impl Server {
         let Some(log) = &self.log else {
             return Ok(0);
         };
+        // The daemon writes its batch up to one window (10 ms) after the last request: wait
+        // until the file stops growing, so no record is written between the count and the cut.
+        let size = || std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut last = size();
+        loop {
+            std::thread::sleep(Duration::from_millis(25));
+            let now = size();
+            if now == last || Instant::now() > deadline {
+                break;
+            }
+            last = now;
+        }
         let records = count_lines(log)?;
         OpenOptions::new()
             .write(true)
