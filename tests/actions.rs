@@ -585,9 +585,25 @@ fn exec_maps_others_could_replace_are_refused() {
     }
 }
 
+/// The map of the two audit-log-level tests, whose reflex `a` cools down for an hour.
+const COOLDOWN_MAP: &str = "workflows: {page: {}}\nreflexes: {a: {workflow: page, cooldown: 1h}}\n";
+
+/// Sends `a` twice: the first runs (202), the second is held back by the cooldown, and its WARN
+/// `healing action suppressed` record reaches the audit log.
+fn dispatch_then_suppress(daemon: &Daemon, audit: &Path) {
+    assert_eq!(daemon.post_anomaly(&json!({"name": "a"})).status, 202);
+    let response = daemon.post_anomaly(&json!({"name": "a"}));
+    assert_eq!(response.json()["reason"], "cooldown");
+    wait_until("the suppressed record in the audit log", || {
+        json_lines(audit)
+            .iter()
+            .any(|l| l["msg"] == "healing action suppressed")
+    });
+}
+
 #[test]
 fn audit_log_keeps_warn_records_whatever_the_log_level() {
-    let map = MapDir::new("workflows: {page: {}}\nreflexes: {a: {workflow: page, cooldown: 1h}}\n");
+    let map = MapDir::new(COOLDOWN_MAP);
     let audit = map.file("audit.log");
     let mut daemon = Daemon::start_quiet(
         &map.path(),
@@ -598,14 +614,7 @@ fn audit_log_keeps_warn_records_whatever_the_log_level() {
             "critical",
         ],
     );
-    assert_eq!(daemon.post_anomaly(&json!({"name": "a"})).status, 202);
-    let response = daemon.post_anomaly(&json!({"name": "a"}));
-    assert_eq!(response.json()["reason"], "cooldown");
-    wait_until("the suppressed record in the audit log", || {
-        json_lines(&audit)
-            .iter()
-            .any(|l| l["msg"] == "healing action suppressed")
-    });
+    dispatch_then_suppress(&daemon, &audit);
     daemon.wait_for_record("healing action finished", |_| true);
     // stderr keeps to --log-level critical; all of it is read once the daemon has exited.
     daemon.signal(Signal::SIGTERM);
@@ -615,7 +624,7 @@ fn audit_log_keeps_warn_records_whatever_the_log_level() {
 
 #[test]
 fn term_format_audit_log_keeps_warn_records_whatever_the_log_level() {
-    let map = MapDir::new("workflows: {page: {}}\nreflexes: {a: {workflow: page, cooldown: 1h}}\n");
+    let map = MapDir::new(COOLDOWN_MAP);
     let audit = map.file("audit.log");
     let args = [
         "--log-format",
@@ -626,14 +635,7 @@ fn term_format_audit_log_keeps_warn_records_whatever_the_log_level() {
         "critical",
     ];
     let mut daemon = Daemon::start_quiet(&map.path(), &args);
-    assert_eq!(daemon.post_anomaly(&json!({"name": "a"})).status, 202);
-    let response = daemon.post_anomaly(&json!({"name": "a"}));
-    assert_eq!(response.json()["reason"], "cooldown");
-    wait_until("the suppressed record in the audit log", || {
-        json_lines(&audit)
-            .iter()
-            .any(|l| l["msg"] == "healing action suppressed")
-    });
+    dispatch_then_suppress(&daemon, &audit);
     daemon.signal(Signal::SIGTERM);
     daemon.wait_exit();
     let stderr = daemon.stderr();
