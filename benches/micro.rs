@@ -21,19 +21,19 @@ use slog::{o, Drain, Logger};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use autohealer::actions::{ActionRun, Source};
-use autohealer::config::{self, ReflexMap};
-use autohealer::dispatch::{Anomaly, Dispatcher};
-use autohealer::json_log::JsonLines;
-use autohealer::records;
-use autohealer::reload;
+use autohealer::actions::ActionRun;
+use autohealer::anomaly::{Anomaly, Source};
+use autohealer::dispatch::Dispatcher;
+use autohealer::log::json::JsonLines;
+use autohealer::log::records;
+use autohealer::map::{self, ReflexMap};
 
 /// The scale map's size, as in the system benchmark and SPEC §7.
 const SCALE_EXACT: usize = 100_000;
 const SCALE_PATTERNS: usize = 1_000;
 
 fn compile(text: &str) -> ReflexMap {
-    config::compile(Path::new("bench.yml"), text)
+    map::compile(Path::new("bench.yml"), text)
         .unwrap_or_else(|err| panic!("the generated map does not compile: {err}"))
 }
 
@@ -213,7 +213,7 @@ fn record_formatting(c: &mut Criterion) {
 fn dispatcher(dir: &Path, name: &str, text: &str) -> Dispatcher {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap_or_else(|err| panic!("write {}: {err}", path.display()));
-    let loaded = reload::load(&path, 1).unwrap_or_else(|err| panic!("load: {err}"));
+    let loaded = map::load(&path, 1).unwrap_or_else(|err| panic!("load: {err}"));
     Dispatcher::new(
         Arc::new(ArcSwap::from_pointee(loaded)),
         json_sink_logger(),

@@ -19,14 +19,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::alertmanager::{AlertReceiver, ALERT_MEMORY_ENTRIES};
 use crate::auth::{TokenError, TokenFile};
 use crate::cli::RunArgs;
 use crate::dispatch::Dispatcher;
-use crate::records::{self, Trigger};
-use crate::reload::{self, LoadError, ReloadMessage, Reloader};
-use crate::server::{self, ServerState};
-use crate::systemd::{self, HostEnv};
+use crate::host::systemd::{self, HostEnv};
+use crate::http::{self, AlertReceiver, ServerState, ALERT_MEMORY_ENTRIES};
+use crate::log::records::{self, Trigger};
+use crate::map::{self, LoadError, LoadedMap};
+use crate::reload::{ReloadMessage, Reloader};
 
 /// After the shutdown deadline, how long cancelled actions get to kill their processes and
 /// write their finished records.
@@ -61,7 +61,7 @@ impl From<anyhow::Error> for AppError {
 
 /// Runs the daemon until SIGTERM or SIGINT, with what systemd handed the process in `host`.
 pub fn run(args: RunArgs, log: Logger, host: HostEnv) -> Result<(), AppError> {
-    let initial = reload::load(&args.config, 1).map_err(AppError::Config)?;
+    let initial = map::load(&args.config, 1).map_err(AppError::Config)?;
     let token = match &args.token_file {
         Some(path) => {
             let token = TokenFile::load(path).map_err(AppError::Token)?;
@@ -105,7 +105,7 @@ async fn serve(
     args: RunArgs,
     log: Logger,
     host: HostEnv,
-    initial: reload::LoadedMap,
+    initial: LoadedMap,
     token: Option<Arc<TokenFile>>,
 ) -> Result<(), AppError> {
     // Before READY=1 and the `listening` record: from then on systemd (`systemctl reload`) or a
@@ -125,15 +125,7 @@ async fn serve(
         .local_addr()
         .context("cannot read the bound address")?;
 
-    records::map_loaded(
-        &log,
-        &initial.version,
-        initial.generation,
-        initial.map.reflexes.len(),
-        initial.map.workflows.len(),
-        Trigger::Startup,
-        || {}, // nothing serves before the listener runs
-    );
+    records::map_loaded(&log, &initial, Trigger::Startup);
     let map = Arc::new(ArcSwap::from_pointee(initial));
     let (reload_tx, reload_rx) = mpsc::channel();
     let mut reloader = Reloader::new(args.config.clone(), map.clone(), log.clone())
@@ -172,7 +164,7 @@ async fn serve(
         records::listening_without_token(&log, addr);
     }
     // Map loaded, socket bound, reloader running: ready (SPEC §6).
-    notifier.ready(&systemd::map_status(&state.map.load(), None));
+    notifier.ready(&state.map.load().status_line(None));
     let watchdog = watchdog.filter(|_| notifier.is_enabled()).map(|timeout| {
         tokio::spawn(systemd::run_watchdog(
             notifier.clone(),
@@ -211,7 +203,7 @@ async fn serve(
         at
     };
     let dispatcher = state.dispatcher.clone();
-    server::serve(listener, state, shutdown, deadline).await;
+    http::serve(listener, state, shutdown, deadline).await;
     // A request still in flight past the drain deadline must not start an action now.
     dispatcher.stop_accepting();
 

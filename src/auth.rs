@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use slog::Logger;
 use subtle::ConstantTimeEq;
 
-use crate::records;
+use crate::log::records;
 
 /// Why a token file cannot be used.
 #[derive(Debug)]

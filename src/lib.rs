@@ -1,42 +1,37 @@
 //! AutoHealer: a host daemon that acts as a machine's immune system.
 //!
-//! Layout:
-//! - `cli` parses the command line; `app` runs the daemon (startup, signals, shutdown order);
-//!   `check` validates a map from the command line; `send` posts an anomaly to a running daemon.
-//! - `config` parses and compiles `reflex_map.yml` into a `ReflexMap`, with `matcher` for names
-//!   and patterns and `template` for `{{...}}` placeholders.
-//! - `reload` owns the live map (the sole `ArcSwap` writer) and its file watcher.
-//! - `server` is the HTTP API, with `auth` for its bearer token, `connections` for its
-//!   connection cap and `alertmanager` for Alertmanager's webhook; `dispatch` turns an anomaly
-//!   (its `details` kept as text) into an action, through the safety
-//!   `rails`, and keeps the `history`; `actions` holds one module per kind of action.
-//! - `records` writes the log records and bumps `metrics`; `logging` builds the slog drain,
-//!   `json_log` formats JSON lines and `log_queue` carries them to the log thread; `systemd` speaks the
-//!   notify protocol and takes a socket-activated listener.
+//! Layout, in dependency order: each module may use the ones listed before it, never those
+//! after (`docs/architecture.md` draws the graph and the paths of an anomaly and of a save).
+//! - `anomaly`: what a monitor sends — the name, its `details`, where it came from.
+//! - `map`: `reflex_map.yml` — schema, `compile` into a `ReflexMap`, matcher, templates, and
+//!   `load` with its checks; the `MapHandle` every reader loads the map in force from.
+//! - `actions`: what a dispatched workflow does (log, exec, webhook) and how it ended.
+//! - `rails`: the safety rails that hold an action back (cooldown, in-flight, breaker).
+//! - `metrics`: the Prometheus registry.
+//! - `log`: one function per log record (`log::records`), the JSON and term formats, the
+//!   queue to stderr and the audit file.
+//! - `auth`: the bearer token file, for the HTTP front, `send` and the reloader.
+//! - `host`: the service manager — systemd's notify protocol and socket activation.
+//! - `dispatch`: one snapshot of the map → match → rails → action; the anomaly answer and the
+//!   history of recent actions.
+//! - `reload`: the `Reloader`, sole writer of the map handle, and the file watcher.
+//! - `http`: the API — accept loop, connection slots, routes, Alertmanager's webhook.
+//! - `cli`: the command line, and the `check` and `send` subcommands.
+//! - `app`: the daemon's life — startup order, signals, shutdown order.
 //!
 //! The binary (`main.rs`) only parses the command line and maps errors to exit codes; the library
-//! exists so benchmarks can reach the hot functions.
+//! exists so benchmarks and fuzz targets can reach the hot functions.
 
 pub mod actions;
-pub mod alertmanager;
+pub mod anomaly;
 pub mod app;
 pub mod auth;
-pub mod check;
 pub mod cli;
-pub mod config;
-pub mod connections;
-pub mod details;
 pub mod dispatch;
-pub mod history;
-pub mod json_log;
-pub mod log_queue;
-pub mod logging;
-pub mod matcher;
+pub mod host;
+pub mod http;
+pub mod log;
+pub mod map;
 pub mod metrics;
 pub mod rails;
-pub mod records;
 pub mod reload;
-pub mod send;
-pub mod server;
-pub mod systemd;
-pub mod template;

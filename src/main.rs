@@ -2,7 +2,9 @@
 
 use std::process::ExitCode;
 
-use autohealer::{app, check, cli, logging, send, systemd};
+use autohealer::cli::{self, check, send};
+use autohealer::host::systemd;
+use autohealer::{app, log};
 
 /// Exit code for a missing or invalid config at startup (sysexits' EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
@@ -15,7 +17,7 @@ fn main() -> ExitCode {
             // SAFETY: no thread exists yet (the log drain starts its own just below).
             let host = unsafe { systemd::HostEnv::take() };
             let (log, guard) =
-                match logging::init(args.log_format, args.log_level, args.audit_log.as_deref()) {
+                match log::init(args.log_format, args.log_level, args.audit_log.as_deref()) {
                     Ok(logging) => logging,
                     Err(err) => {
                         eprintln!("autohealer: cannot run: {err}");

@@ -10,8 +10,9 @@
 //! invent names without limit); `source`, `result`, `action`, `outcome` take a handful of fixed
 //! values; `workflow` takes the names declared in the reflex map, which the operator controls.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -21,7 +22,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry};
 
-use crate::actions::{Outcome, Source};
+use crate::actions::Outcome;
+use crate::anomaly::Source;
 
 /// The `Content-Type` of `GET /metrics`: the Prometheus text format, version 0.0.4.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -99,10 +101,11 @@ struct ReloadLabels {
 type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
 
 /// One workflow's series of `autohealer_actions_total` (by outcome, in `Outcome` order) and
-/// `autohealer_action_duration_seconds`, looked up once (see `config::Workflow::series`) so a
-/// finished action updates them without hashing its labels.
+/// `autohealer_action_duration_seconds`, looked up once per workflow and action kind so a
+/// finished action updates them with one lookup by name instead of one per label set.
 #[derive(Debug, Clone)]
-pub struct WorkflowSeries {
+struct WorkflowSeries {
+    action: &'static str,
     finished: [Counter; 3],
     duration: Histogram,
 }
@@ -119,6 +122,8 @@ pub struct Metrics {
     // keeps its series until restart, so the count is bounded by the names the operator wrote.
     actions: Family<ActionLabels, Counter>,
     action_duration: HistogramFamily<WorkflowLabels>,
+    /// Each workflow's series of the two above, by name; as bounded as their labels.
+    workflow_series: RwLock<HashMap<Arc<str>, WorkflowSeries>>,
     actions_in_flight: Gauge,
     config_reloads: Family<ReloadLabels, Counter>,
     config_last_reload_successful: Gauge,
@@ -133,6 +138,7 @@ impl Metrics {
         let r = &mut registry;
         let mut metrics = Metrics {
             received: Default::default(),
+            workflow_series: RwLock::default(),
             anomalies_received: register(
                 r,
                 "anomalies_received",
@@ -223,9 +229,9 @@ impl Metrics {
         self.actions_in_flight.inc();
     }
 
-    /// The series of `workflow` (whose action is of kind `action`), for `action_finished`.
-    /// Every outcome's counter is created at once, so each starts from zero.
-    pub fn workflow_series(&self, workflow: &Arc<str>, action: &'static str) -> WorkflowSeries {
+    /// The series of `workflow` (whose action is of kind `action`). Every outcome's counter is
+    /// created at once, so each starts from zero.
+    fn new_workflow_series(&self, workflow: &Arc<str>, action: &'static str) -> WorkflowSeries {
         let finished = |outcome: Outcome| {
             self.actions.get_or_create_owned(&ActionLabels {
                 workflow: workflow.clone(),
@@ -234,6 +240,7 @@ impl Metrics {
             })
         };
         WorkflowSeries {
+            action,
             finished: [
                 finished(Outcome::Ok),
                 finished(Outcome::Failed),
@@ -245,11 +252,38 @@ impl Metrics {
         }
     }
 
-    /// A healing action finished with `outcome` after `duration`; `series` are its workflow's.
-    pub fn action_finished(&self, series: &WorkflowSeries, outcome: Outcome, duration: Duration) {
+    /// A healing action of `workflow` (an `action` kind of action) finished with `outcome`
+    /// after `duration`.
+    pub fn action_finished(
+        &self,
+        workflow: &Arc<str>,
+        action: &'static str,
+        outcome: Outcome,
+        duration: Duration,
+    ) {
         self.actions_in_flight.dec();
-        series.finished[outcome as usize].inc();
-        series.duration.observe(duration.as_secs_f64());
+        let count = |series: &WorkflowSeries| {
+            series.finished[outcome as usize].inc();
+            series.duration.observe(duration.as_secs_f64());
+        };
+        // The series exist after a workflow's first action: a shared lock and one lookup.
+        let known = self
+            .workflow_series
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        match known.get(workflow) {
+            // A reload may have changed the workflow's kind of action, and so its labels.
+            Some(series) if series.action == action => count(series),
+            _ => {
+                drop(known);
+                let series = self.new_workflow_series(workflow, action);
+                count(&series);
+                self.workflow_series
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(workflow.clone(), series);
+            }
+        }
     }
 
     /// A map with `reflexes` reflexes was loaded at `at`.
@@ -325,8 +359,12 @@ mod tests {
         let metrics = Metrics::new();
         metrics.anomaly_received(Source::Alertmanager, Received::Duplicate);
         metrics.action_started();
-        let page = metrics.workflow_series(&Arc::from("page"), "log");
-        metrics.action_finished(&page, Outcome::Ok, Duration::from_millis(3));
+        metrics.action_finished(
+            &Arc::from("page"),
+            "log",
+            Outcome::Ok,
+            Duration::from_millis(3),
+        );
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         metrics.map_loaded(4, at);
         metrics.map_rejected();

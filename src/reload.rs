@@ -8,211 +8,23 @@
 //! `RELOADING=1` … `READY=1`, so every trigger gets both without a hook of its own.
 
 use std::ffi::OsString;
-use std::fmt;
-use std::io::Read;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
-use sha2::{Digest, Sha256};
 use slog::Logger;
 use tokio::sync::oneshot;
 
 use crate::auth::TokenFile;
-use crate::config::{self, Action, ConfigError, ConfigErrors, ReflexMap};
-use crate::metrics;
-use crate::records::{self, Trigger};
-use crate::systemd::{self, Notifier};
+use crate::host::systemd::Notifier;
+use crate::log::records::{self, Trigger};
+use crate::map::{watch_dirs, LoadError, LoadedMap, MapFile, MapHandle};
 
 /// How long file events are coalesced before one reload; editors write in several steps.
 pub const DEBOUNCE_DELAY: Duration = Duration::from_millis(10);
-
-/// Characters of the hex digest shown as a map's `version`.
-const VERSION_HEX_CHARS: usize = 12;
-
-/// The shared, atomically swapped map in force. Readers `load()`; only the `Reloader` stores.
-pub type MapHandle = Arc<ArcSwap<LoadedMap>>;
-
-/// One generation of the map, with what `GET /reflexes` reports about it.
-#[derive(Debug)]
-pub struct LoadedMap {
-    pub map: ReflexMap,
-    /// Short hex digest of the file's bytes.
-    pub version: Arc<str>,
-    digest: [u8; 32],
-    /// Successful swaps since start: 1 after startup.
-    pub generation: u64,
-    pub loaded_at: SystemTime,
-    pub path: PathBuf,
-}
-
-/// Why a map could not be loaded.
-#[derive(Debug)]
-pub enum LoadError {
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    Invalid(ConfigErrors),
-    /// The map declares exec workflows and someone other than root or the daemon's user could
-    /// change it; `problem` says how, and how to fix it.
-    Insecure {
-        path: PathBuf,
-        problem: String,
-    },
-}
-
-impl LoadError {
-    /// True when the file does not exist (a delete, or a rename caught half-way).
-    pub fn is_missing(&self) -> bool {
-        matches!(self, LoadError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
-    }
-}
-
-impl fmt::Display for LoadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LoadError::Read { path, source } => {
-                write!(
-                    f,
-                    "{}: cannot read the reflex map: {source}",
-                    path.display()
-                )
-            }
-            LoadError::Invalid(errors) => write!(f, "{errors}"),
-            LoadError::Insecure { path, problem } => write!(
-                f,
-                "{}: refusing a map that declares exec workflows: {problem}; anyone who can \
-                 change it could run commands as the daemon",
-                path.display(),
-            ),
-        }
-    }
-}
-
-impl std::error::Error for LoadError {}
-
-/// The file's bytes, their digest, its permission bits and owner, read once per reload attempt.
-struct MapFile {
-    bytes: Vec<u8>,
-    digest: [u8; 32],
-    mode: u32,
-    owner: u32,
-}
-
-fn read_file(path: &Path) -> Result<MapFile, LoadError> {
-    let read = || -> std::io::Result<MapFile> {
-        // Mode and bytes come from the same open file, so a swap in between cannot mix them.
-        let mut file = std::fs::File::open(path)?;
-        let meta = file.metadata()?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        let digest = Sha256::digest(&bytes).into();
-        Ok(MapFile {
-            bytes,
-            digest,
-            mode: meta.permissions().mode(),
-            owner: meta.uid(),
-        })
-    };
-    read().map_err(|source| LoadError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-fn compile_file(path: &Path, file: &MapFile) -> Result<ReflexMap, LoadError> {
-    let map = parse_file(path, file)?;
-    let runs_commands = map
-        .workflows
-        .values()
-        .any(|w| matches!(w.action, Action::Exec(_)));
-    if runs_commands {
-        if let Some(problem) = who_else_can_change(path, file) {
-            return Err(LoadError::Insecure {
-                path: path.to_path_buf(),
-                problem,
-            });
-        }
-    }
-    Ok(map)
-}
-
-/// Why someone other than root or the daemon's user could change the map at `path`, if they
-/// could: it is theirs, it is writable by group or others, or a directory it sits in (through
-/// the path as given or its symlink target) lets them replace it.
-fn who_else_can_change(path: &Path, file: &MapFile) -> Option<String> {
-    let daemon_user = nix::unistd::geteuid().as_raw();
-    let trusted = |uid: u32| uid == 0 || uid == daemon_user;
-    let shown = path.display();
-    if !trusted(file.owner) {
-        return Some(format!(
-            "it is owned by uid {}; fix with: chown root {shown}",
-            file.owner
-        ));
-    }
-    if file.mode & 0o022 != 0 {
-        return Some(format!(
-            "it is writable by group or others (mode {:04o}); fix with: chmod go-w {shown}",
-            file.mode & 0o7777
-        ));
-    }
-    // The directories whose entries decide what the path reads: the watcher's.
-    for dir in watch_dirs(path) {
-        let Ok(meta) = std::fs::metadata(&dir) else {
-            continue;
-        };
-        let mode = meta.permissions().mode();
-        // A sticky directory (like /tmp) stops others from replacing a file they do not own.
-        let replaceable = mode & 0o022 != 0 && mode & 0o1000 == 0;
-        if !trusted(meta.uid()) || replaceable {
-            return Some(format!(
-                "its directory {} can be changed by others (owner uid {}, mode {:04o}); \
-                 fix with: chown root {0} && chmod go-w {0}",
-                dir.display(),
-                meta.uid(),
-                mode & 0o7777
-            ));
-        }
-    }
-    None
-}
-
-fn parse_file(path: &Path, file: &MapFile) -> Result<ReflexMap, LoadError> {
-    let source = std::str::from_utf8(&file.bytes).map_err(|err| {
-        LoadError::Invalid(ConfigErrors(vec![ConfigError {
-            path: path.to_path_buf(),
-            line: 1,
-            column: 1,
-            message: format!("the file is not valid UTF-8 ({err})"),
-        }]))
-    })?;
-    config::compile(path, source).map_err(LoadError::Invalid)
-}
-
-fn version_of(digest: &[u8; 32]) -> Arc<str> {
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    Arc::from(&hex[..VERSION_HEX_CHARS])
-}
-
-/// Reads, validates and compiles the map at `path` as generation `generation`.
-pub fn load(path: &Path, generation: u64) -> Result<LoadedMap, LoadError> {
-    let file = read_file(path)?;
-    let map = compile_file(path, &file)?;
-    Ok(LoadedMap {
-        map,
-        version: version_of(&file.digest),
-        digest: file.digest,
-        generation,
-        loaded_at: SystemTime::now(),
-        path: path.to_path_buf(),
-    })
-}
 
 /// What a reload attempt did, for the HTTP endpoint and for tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -316,7 +128,7 @@ impl Reloader {
             _ => None,
         };
         self.notifier
-            .ready(&systemd::map_status(&self.handle.load(), rejected));
+            .ready(&self.handle.load().status_line(rejected));
         outcome
     }
 
@@ -329,12 +141,12 @@ impl Reloader {
         }
         self.refresh_watch();
         let current = self.handle.load_full();
-        let file = match read_file(&self.path) {
+        let file = match MapFile::read(&self.path) {
             Ok(file) => file,
             Err(err) => return self.reject(err, None, &current),
         };
         self.missing_reported = false;
-        if file.digest == current.digest {
+        if current.is_content_of(&file) {
             self.rejected_digest = None;
             records::map_unchanged(&self.log, &current.version, trigger);
             return ReloadOutcome::Unchanged {
@@ -342,33 +154,17 @@ impl Reloader {
                 generation: current.generation,
             };
         }
-        let map = match compile_file(&self.path, &file) {
-            Ok(map) => map,
-            Err(err) => return self.reject(err, Some(file.digest), &current),
+        let loaded = match file.compile(&self.path, current.generation + 1) {
+            Ok(loaded) => Arc::new(loaded),
+            Err(err) => return self.reject(err, Some(*file.digest()), &current),
         };
         self.rejected_digest = None;
-        let loaded = LoadedMap {
-            version: version_of(&file.digest),
-            digest: file.digest,
-            generation: current.generation + 1,
-            loaded_at: SystemTime::now(),
-            path: self.path.clone(),
-            map,
-        };
-        let (version, generation) = (loaded.version.clone(), loaded.generation);
-        let (reflexes, workflows) = (loaded.map.reflexes.len(), loaded.map.workflows.len());
-        records::map_loaded(
-            &self.log,
-            &version,
-            generation,
-            reflexes,
-            workflows,
-            trigger,
-            || self.handle.store(Arc::new(loaded)),
-        );
+        // In force first, then told: whoever reads the record can rely on the map it names.
+        self.handle.store(loaded.clone());
+        records::map_loaded(&self.log, &loaded, trigger);
         ReloadOutcome::Loaded {
-            version,
-            generation,
+            version: loaded.version.clone(),
+            generation: loaded.generation,
         }
     }
 
@@ -379,15 +175,13 @@ impl Reloader {
         current: &LoadedMap,
     ) -> ReloadOutcome {
         let kept_version = current.version.clone();
-        // Every rejected attempt counts; the records below are written once per bad content.
-        metrics::global().map_rejected();
+        // Every rejected attempt counts; the record is written once per bad content.
         if err.is_missing() {
-            if !self.missing_reported {
-                records::map_missing(&self.log, &self.path, &kept_version);
-                self.missing_reported = true;
-            }
-        } else if digest.is_none() || digest != self.rejected_digest {
-            records::map_rejected(&self.log, &err.to_string(), &kept_version);
+            records::map_missing(&self.log, &self.path, &kept_version, !self.missing_reported);
+            self.missing_reported = true;
+        } else {
+            let repeat = digest.is_some() && digest == self.rejected_digest;
+            records::map_rejected(&self.log, &err.to_string(), &kept_version, !repeat);
             self.rejected_digest = digest;
         }
         ReloadOutcome::Rejected {
@@ -480,7 +274,7 @@ impl Reloader {
     /// startup's READY=1).
     fn recheck(&mut self) {
         let unchanged =
-            read_file(&self.path).is_ok_and(|file| file.digest == self.handle.load().digest);
+            MapFile::read(&self.path).is_ok_and(|file| self.handle.load().is_content_of(&file));
         if !unchanged {
             self.reload(Trigger::Watch);
         }
@@ -555,29 +349,6 @@ impl Reloader {
         }
         watch.dirs = armed;
         Ok(())
-    }
-}
-
-/// The config's directory, plus its symlink target's directory when that is another one.
-fn watch_dirs(path: &Path) -> Vec<PathBuf> {
-    let mut dirs = vec![config_dir(path)];
-    let target_dir = std::fs::canonicalize(path)
-        .ok()
-        .and_then(|target| target.parent().map(Path::to_path_buf));
-    if let Some(target_dir) = target_dir {
-        let same = std::fs::canonicalize(&dirs[0]).is_ok_and(|dir| dir == target_dir);
-        if !same {
-            dirs.push(target_dir);
-        }
-    }
-    dirs
-}
-
-/// The directory to watch: watching the file itself would lose it on the first rename.
-fn config_dir(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
     }
 }
 
@@ -680,7 +451,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("map.yml");
         std::fs::write(&path, "workflows: {page: {}}\nreflexes: {a: page}\n").unwrap();
-        let handle: MapHandle = Arc::new(ArcSwap::from_pointee(load(&path, 1).unwrap()));
+        let handle: MapHandle = Arc::new(arc_swap::ArcSwap::from_pointee(
+            crate::map::load(&path, 1).unwrap(),
+        ));
         let socket_path = dir.path().join("notify.sock");
         let systemd = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
         systemd.set_nonblocking(true).unwrap();
@@ -716,12 +489,5 @@ mod tests {
         assert_eq!(sent.len(), 2, "{sent:?}");
         assert!(sent[0].starts_with("RELOADING=1"), "{sent:?}");
         assert!(sent[1].starts_with("READY=1"), "{sent:?}");
-    }
-
-    #[test]
-    fn versions_are_short_hex() {
-        let version = version_of(&Sha256::digest(b"reflexes: {}\n").into());
-        assert_eq!(version.len(), VERSION_HEX_CHARS);
-        assert!(version.chars().all(|c| c.is_ascii_hexdigit()));
     }
 }

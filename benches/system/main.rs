@@ -896,7 +896,7 @@ fn scale(bench: &Bench, report: &mut Report) -> Result<()> {
     // Load time in this process, as the daemon's reloader does it.
     let load = |path: &Path| {
         time_reps(settings.load_reps, || {
-            autohealer::reload::load(path, 1)
+            autohealer::map::load(path, 1)
                 .map_err(|err| anyhow!("the generated map does not load: {err}"))
         })
     };

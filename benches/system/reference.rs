@@ -57,7 +57,7 @@ async fn serve() -> std::io::Result<()> {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(autohealer::server::HEADER_READ_TIMEOUT);
+        .header_read_timeout(autohealer::http::HEADER_READ_TIMEOUT);
     loop {
         let (stream, _peer) = match listener.accept().await {
             Ok(accepted) => accepted,

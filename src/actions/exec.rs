@@ -15,7 +15,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{ActionReport, ActionRun, Outcome, SHUTDOWN_REASON};
-use crate::config::{ExecAction, JsonObject};
+use crate::anomaly::JsonObject;
+use crate::map::ExecAction;
 
 /// Bytes of combined stdout and stderr kept for the finished record (the tail).
 pub const OUTPUT_TAIL_BYTES: usize = 4096;

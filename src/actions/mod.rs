@@ -14,28 +14,8 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::config::{Action, JsonObject, Workflow};
-use crate::details::Details;
-use crate::template::TemplateContext;
-
-/// Where an anomaly came from, as the `source` key of the triggered record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// `POST /anomaly`.
-    Http,
-    /// `POST /alertmanager`: a firing alert from Prometheus Alertmanager.
-    Alertmanager,
-}
-
-impl Source {
-    /// The value written to records.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Http => "http",
-            Source::Alertmanager => "alertmanager",
-        }
-    }
-}
+use crate::anomaly::{Details, JsonObject, Source};
+use crate::map::{Action, TemplateContext, Workflow};
 
 /// Everything one healing action needs, fixed when it is dispatched.
 #[derive(Debug, Clone)]

@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{ActionReport, ActionRun, Outcome, SHUTDOWN_REASON};
-use crate::config::{JsonObject, WebhookAction};
-use crate::details::Details;
+use crate::anomaly::{Details, JsonObject};
+use crate::map::WebhookAction;
 
 /// Delay before the first retry; doubled for each further retry.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);

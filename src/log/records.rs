@@ -1,7 +1,7 @@
 //! One function per log record the contract names (SPEC §5), so their messages and keys live in
 //! one place and tests can rely on them. Each also bumps its record's metric (SPEC §6), so the
-//! log and `GET /metrics` always tell the same story. Healing-action records carry the `audit`
-//! tag, which is how `--audit-log` picks them out.
+//! log and `GET /metrics` always tell the same story; none changes any other state. Healing-action
+//! records carry the `audit` tag, which is how `--audit-log` picks them out (`is_kept`).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,10 +10,27 @@ use std::time::SystemTime;
 use slog::{crit, debug, error, info, warn, Logger};
 use uuid::Uuid;
 
-use crate::actions::{ActionReport, ActionRun, Source};
-use crate::logging::AUDIT_TAG;
+use crate::actions::{ActionReport, ActionRun};
+use crate::anomaly::Source;
+use crate::map::LoadedMap;
 use crate::metrics::{self, Received};
 use crate::rails::{CircuitOpened, SuppressReason};
+
+/// The slog tag of the records that describe healing actions: what the audit log keeps.
+/// (A tag survives slog-async's channel; the message's static string does not.)
+pub const AUDIT_TAG: &str = "audit";
+
+/// The one filter rule of both log formats: a record is written when it reaches the stderr
+/// level, or when it is a healing-action record and an audit log is kept (the audit log keeps
+/// every one of them, whatever `--log-level` says).
+pub fn is_kept(record: &slog::Record, stderr_level: slog::Level, audit: bool) -> bool {
+    record.level().is_at_least(stderr_level) || (audit && is_audit(record))
+}
+
+/// Whether `record` is one the audit log keeps.
+pub fn is_audit(record: &slog::Record) -> bool {
+    record.tag() == AUDIT_TAG
+}
 
 /// Why a reload happened, as the `trigger` key of `reflex map loaded`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,12 +81,12 @@ pub fn action_finished(log: &Logger, run: &ActionRun, report: &ActionReport) {
         "anomaly" => &run.anomaly,
         "action_id" => &*run.action_id.hyphenated().encode_lower(&mut Uuid::encode_buffer()),
     );
-    let metrics = metrics::global();
-    let series = run
-        .workflow
-        .series
-        .get_or_init(|| metrics.workflow_series(&run.workflow.name, run.workflow.action.kind()));
-    metrics.action_finished(series, report.outcome, report.duration);
+    metrics::global().action_finished(
+        &run.workflow.name,
+        run.workflow.action.kind(),
+        report.outcome,
+        report.duration,
+    );
 }
 
 /// WARN `healing action suppressed`: a safety rail held a matched anomaly back.
@@ -138,27 +155,16 @@ pub fn alert_invalid(log: &Logger, fingerprint: &str, error: &str) {
     metrics::global().anomaly_received(Source::Alertmanager, Received::Invalid);
 }
 
-/// INFO `reflex map loaded`: a new generation of the map is in force. `put_in_force` swaps it
-/// in, after the metrics count it and before the record says so: whoever sees the new
-/// generation (`GET /reflexes`) also sees it in `GET /metrics`, and whoever reads the record can
-/// rely on the map it names.
-pub fn map_loaded(
-    log: &Logger,
-    version: &str,
-    generation: u64,
-    reflexes: usize,
-    workflows: usize,
-    trigger: Trigger,
-    put_in_force: impl FnOnce(),
-) {
-    metrics::global().map_loaded(reflexes, SystemTime::now());
-    put_in_force();
+/// INFO `reflex map loaded`: a new generation of the map is in force.
+pub fn map_loaded(log: &Logger, loaded: &LoadedMap, trigger: Trigger) {
+    let reflexes = loaded.map.reflexes.len();
+    metrics::global().map_loaded(reflexes, loaded.loaded_at);
     info!(log, "reflex map loaded";
         "trigger" => trigger.as_str(),
-        "workflows" => workflows,
+        "workflows" => loaded.map.workflows.len(),
         "reflexes" => reflexes,
-        "generation" => generation,
-        "version" => version,
+        "generation" => loaded.generation,
+        "version" => &*loaded.version,
     );
 }
 
@@ -169,18 +175,27 @@ pub fn map_unchanged(log: &Logger, version: &str, trigger: Trigger) {
     metrics::global().map_unchanged();
 }
 
-/// ERRO `reflex map rejected`: an edit was invalid and the old map stays in force. Written once
-/// per bad content, while the reload metric counts every rejected attempt (see `reload`).
-pub fn map_rejected(log: &Logger, error: &str, kept_version: &str) {
-    error!(log, "reflex map rejected"; "kept_version" => kept_version, "error" => error);
+/// ERRO `reflex map rejected`: an edit was invalid and the old map stays in force. The reload
+/// metric counts every rejected attempt; the record is written only when `report` is true (the
+/// reloader writes it once per bad content, not once per event).
+pub fn map_rejected(log: &Logger, error: &str, kept_version: &str, report: bool) {
+    metrics::global().map_rejected();
+    if report {
+        error!(log, "reflex map rejected"; "kept_version" => kept_version, "error" => error);
+    }
 }
 
 /// WARN `reflex map missing`: the file is gone; the old map stays in force until it returns.
-pub fn map_missing(log: &Logger, path: &Path, kept_version: &str) {
-    warn!(log, "reflex map missing";
-        "kept_version" => kept_version,
-        "path" => %path.display(),
-    );
+/// Counted as a rejected reload every time, written only when `report` is true (once until
+/// the file is back).
+pub fn map_missing(log: &Logger, path: &Path, kept_version: &str, report: bool) {
+    metrics::global().map_rejected();
+    if report {
+        warn!(log, "reflex map missing";
+            "kept_version" => kept_version,
+            "path" => %path.display(),
+        );
+    }
 }
 
 /// ERRO `cannot install signal handlers`: SIGTERM, SIGINT and SIGHUP will not be handled.

@@ -10,31 +10,7 @@ use std::fmt;
 
 use regex_automata::meta::Regex;
 
-/// Longest anomaly name or reflex key accepted, in characters (SPEC §2).
-pub const MAX_NAME_CHARS: usize = 256;
-
-/// Checks an anomaly name or reflex key: 1 to 256 characters, none of them a control character.
-pub fn validate_name(name: &str) -> Result<(), String> {
-    let chars = name.chars().count();
-    if chars == 0 {
-        return Err("must not be empty".to_string());
-    }
-    if chars > MAX_NAME_CHARS {
-        return Err(format!(
-            "is {chars} characters long; the limit is {MAX_NAME_CHARS}"
-        ));
-    }
-    // Most names are ASCII, where the control characters are the bytes below 0x20 and 0x7f.
-    let has_control = if name.is_ascii() {
-        name.bytes().any(|b| b < 0x20 || b == 0x7f)
-    } else {
-        name.chars().any(char::is_control)
-    };
-    if has_control {
-        return Err("must not contain control characters".to_string());
-    }
-    Ok(())
-}
+use crate::anomaly::{validate_name, MAX_NAME_CHARS};
 
 /// True when a reflex key is a pattern rather than an exact name.
 pub fn is_pattern(key: &str) -> bool {
@@ -536,20 +512,6 @@ mod tests {
         assert_eq!(
             Pattern::parse("a.***").unwrap_err(),
             "invalid pattern `a.***`: `***` is ambiguous; use `*` within a segment or `**` across dots"
-        );
-    }
-
-    #[test]
-    fn names_are_checked() {
-        assert_eq!(validate_name("").unwrap_err(), "must not be empty");
-        assert_eq!(
-            validate_name("a\u{7}b").unwrap_err(),
-            "must not contain control characters"
-        );
-        assert!(validate_name(&"x".repeat(256)).is_ok());
-        assert_eq!(
-            validate_name(&"x".repeat(257)).unwrap_err(),
-            "is 257 characters long; the limit is 256"
         );
     }
 

@@ -21,8 +21,7 @@ use sd_notify::NotifyState;
 use slog::Logger;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::records;
-use crate::reload::LoadedMap;
+use crate::log::records;
 
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
 const FIRST_PASSED_FD: i32 = 3;
@@ -199,22 +198,6 @@ fn format(states: &[NotifyState]) -> String {
         message.push('\n');
     }
     message
-}
-
-/// The `STATUS=` line for the map in force, and the last rejection if the edit was refused.
-pub fn map_status(map: &LoadedMap, rejected: Option<&str>) -> String {
-    let mut status = format!(
-        "map {} (generation {}): {} reflexes, {} workflows",
-        map.version,
-        map.generation,
-        map.map.reflexes.len(),
-        map.map.workflows.len()
-    );
-    if let Some(error) = rejected {
-        status.push_str("; last reload rejected: ");
-        status.push_str(error);
-    }
-    status
 }
 
 /// Pings `WATCHDOG=1` every half of `timeout` while the runtime proves it still runs new work.

@@ -13,15 +13,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use indexmap::IndexMap;
 use lru::LruCache;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use slog::Logger;
 
-use crate::actions::Source;
-use crate::config::JsonObject;
-use crate::details::Details;
-use crate::dispatch::{Anomaly, DispatchOutcome, Dispatcher};
-use crate::matcher;
-use crate::records;
+use crate::anomaly::{validate_name, Anomaly, Details, JsonObject, Source};
+use crate::dispatch::{Answer, DispatchOutcome, Dispatcher};
+use crate::log::json::write_string;
+use crate::log::records;
 
 /// The webhook payload version this module reads (Alertmanager 0.x sends "4").
 pub const PAYLOAD_VERSION: &str = "4";
@@ -68,7 +66,7 @@ impl Alert {
         let Some((key, name)) = label else {
             return Err("the alert has neither an `anomaly` nor an `alertname` label".into());
         };
-        matcher::validate_name(name).map_err(|why| format!("the `{key}` label {why}"))?;
+        validate_name(name).map_err(|why| format!("the `{key}` label {why}"))?;
         Ok(name.clone())
     }
 
@@ -148,15 +146,22 @@ pub enum AlertResult {
 }
 
 impl AlertResult {
-    /// The result object in the `results` list of the answer.
-    pub fn to_json(&self) -> Value {
+    /// The result object in the `results` list of the answer, appended to `out`: the anomaly
+    /// answer `/anomaly` gives, or `{"status":"invalid","error":...}` for an alert that is none.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
         match self {
-            AlertResult::Dispatched { anomaly, outcome } => outcome.to_json(anomaly),
-            AlertResult::Resolved { anomaly } => json!({"status": "resolved", "anomaly": anomaly}),
-            AlertResult::Duplicate { anomaly } => {
-                json!({"status": "duplicate", "anomaly": anomaly})
+            AlertResult::Dispatched { anomaly, outcome } => outcome.answer(anomaly).write_json(out),
+            AlertResult::Resolved { anomaly } => {
+                Answer::status("resolved", anomaly).write_json(out)
             }
-            AlertResult::Invalid { error } => json!({"status": "invalid", "error": error}),
+            AlertResult::Duplicate { anomaly } => {
+                Answer::status("duplicate", anomaly).write_json(out)
+            }
+            AlertResult::Invalid { error } => {
+                out.extend_from_slice(b"{\"status\":\"invalid\",\"error\":");
+                write_string(out, error);
+                out.push(b'}');
+            }
         }
     }
 }
@@ -241,6 +246,8 @@ impl AlertReceiver {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn alert(labels: Value) -> Value {

@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 
-use crate::config::JsonObject;
+use super::JsonObject;
 
 /// A JSON object, as text on one line, with its parsed form made on first use.
 pub struct Details {

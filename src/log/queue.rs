@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use slog::Drain;
 
-use crate::{json_log, logging};
+use super::{json, records};
 
 /// Bytes a batch holds before a logging thread blocks until the log thread has taken it.
 const BATCH_LIMIT_BYTES: usize = 4 * 1024 * 1024;
@@ -105,7 +105,7 @@ pub struct QueuedJson {
     shared: Arc<Shared>,
     /// Records below this level go to the audit log only (or nowhere).
     stderr_level: slog::Level,
-    /// Whether healing-action records (`logging::is_audit`) are also written to the audit log.
+    /// Whether healing-action records (`records::is_audit`) are also written to the audit log.
     audit: bool,
 }
 
@@ -171,12 +171,12 @@ impl Drain for QueuedJson {
     type Err = slog::Never;
 
     fn log(&self, record: &slog::Record, values: &slog::OwnedKVList) -> Result<(), slog::Never> {
-        let to_stderr = record.level().is_at_least(self.stderr_level);
-        let to_audit = self.audit && logging::is_audit(record);
-        if !to_stderr && !to_audit {
+        if !records::is_kept(record, self.stderr_level, self.audit) {
             return Ok(());
         }
-        json_log::with_line(record, values, |line| {
+        let to_stderr = record.level().is_at_least(self.stderr_level);
+        let to_audit = self.audit && records::is_audit(record);
+        json::with_line(record, values, |line| {
             let mut batch = self.shared.lock();
             while batch.bytes() >= BATCH_LIMIT_BYTES && !batch.stopped {
                 batch = self.shared.wait_written(batch);

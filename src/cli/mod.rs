@@ -1,10 +1,16 @@
-//! The command line (SPEC §1): `run` (the default), `check` and `send`.
+//! The command line (SPEC §1): `run` (the default), `check` and `send`, each subcommand's work in
+//! a file of its own.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+pub mod check;
+pub mod send;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::log::LogFormat;
 
 /// AutoHealer: a host daemon that maps anomalies to corrective workflows.
 #[derive(Debug, Parser)]
@@ -101,7 +107,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 65536)]
     pub max_body: usize,
     /// How long shutdown waits for in-flight requests and running actions.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::config::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::map::parse_duration)]
     pub shutdown_timeout: Duration,
     /// Most connections served at once; when full, the longest-idle connection is closed to make
     /// room, so a flood of idle or slow clients cannot lock out local monitors.
@@ -109,7 +115,7 @@ pub struct RunArgs {
     pub max_connections: u32,
     /// How long a client may take to send a request's header, and then its body (SPEC §6 fixes
     /// 10s; hidden, so tests can observe a cut-off without waiting that long).
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::config::parse_duration, hide = true)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::map::parse_duration, hide = true)]
     pub header_read_timeout: Duration,
 }
 
@@ -128,7 +134,7 @@ pub struct SendArgs {
     pub name: String,
     /// Details of the anomaly. A VALUE that parses as JSON is sent as that JSON (5000, true,
     /// null, {"a":1}, "quoted"); any other VALUE is sent as a string.
-    #[arg(value_name = "KEY=VALUE", value_parser = crate::send::parse_detail)]
+    #[arg(value_name = "KEY=VALUE", value_parser = send::parse_detail)]
     pub details: Vec<(String, serde_json::Value)>,
     /// The daemon's base URL.
     #[arg(long, default_value = "http://127.0.0.1:8000", value_parser = parse_url)]
@@ -136,13 +142,6 @@ pub struct SendArgs {
     /// Send `Authorization: Bearer <token>`, with the token read from FILE (whitespace trimmed).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
-}
-
-/// How log records are written to stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Term,
-    Json,
 }
 
 fn parse_url(text: &str) -> Result<reqwest::Url, String> {
@@ -183,7 +182,7 @@ mod tests {
                 assert!(args.dry_run);
                 assert_eq!(args.shutdown_timeout, Duration::from_secs(30));
                 // SPEC §6: a client has 10 s to send its header.
-                assert_eq!(args.header_read_timeout, crate::server::HEADER_READ_TIMEOUT);
+                assert_eq!(args.header_read_timeout, crate::http::HEADER_READ_TIMEOUT);
                 assert_eq!(args.max_connections, 1024);
             }
             other => panic!("expected run, got {other:?}"),

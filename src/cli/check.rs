@@ -3,13 +3,13 @@
 
 use std::path::Path;
 
-use crate::cli::CheckArgs;
-use crate::reload::{self, LoadError};
+use super::CheckArgs;
+use crate::map::{self, LoadError, LoadedMap};
 
 /// Prints a summary (valid) or every error as `FILE:LINE:COLUMN: message` (invalid).
 /// Returns whether the map is valid.
 pub fn run(args: &CheckArgs) -> bool {
-    match reload::load(&args.file, 1) {
+    match map::load(&args.file, 1) {
         Ok(loaded) => {
             println!("{}", summary(&args.file, &loaded));
             for note in &loaded.map.notes {
@@ -30,7 +30,7 @@ pub fn run(args: &CheckArgs) -> bool {
     }
 }
 
-fn summary(path: &Path, loaded: &reload::LoadedMap) -> String {
+fn summary(path: &Path, loaded: &LoadedMap) -> String {
     let map = &loaded.map;
     let exact = map.exact_count();
     let count = |kind: &str| {

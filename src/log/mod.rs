@@ -1,4 +1,7 @@
-//! The slog pipeline (SPEC §5), to stderr. JSON: each record is formatted on the thread that logs
+//! The log (SPEC §5): `records` (one function per record), the slog pipeline to stderr built
+//! here, `json` (the JSON line format), `queue` (the JSON path's log thread) and the audit file.
+//!
+//! The slog pipeline, to stderr. JSON: each record is formatted on the thread that logs
 //! it and written in batches by `log_queue`'s thread, which filters by level itself. Term:
 //! slog-async, which blocks rather than drops, with the level filter in front of it so filtered
 //! records never cross its channel. With `--audit-log`, healing-action records are also
@@ -11,29 +14,29 @@ use std::path::{Path, PathBuf};
 
 use slog::{o, Drain, Logger};
 
-use crate::cli::LogFormat;
-use crate::json_log::JsonLines;
-use crate::log_queue;
+pub mod json;
+mod queue;
+pub mod records;
+
+use json::JsonLines;
 
 /// Records the channel holds before callers block: large enough to absorb bursts without
 /// blocking, small enough that the preallocated ring stays well under a MiB of resident memory.
 const LOG_CHANNEL_RECORDS: usize = 4096;
 
-/// The slog tag of the records that describe healing actions: what the audit log keeps.
-/// (A tag survives slog-async's channel; the message's static string does not.)
-pub const AUDIT_TAG: &str = "audit";
-
-/// Whether `record` is one the audit log keeps.
-pub fn is_audit(record: &slog::Record) -> bool {
-    record.tag() == AUDIT_TAG
+/// How log records are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Term,
+    Json,
 }
 
 /// Flushes every queued record when dropped: what `main` holds until it exits.
 pub enum LogGuard {
     /// The term format's slog-async thread.
     Async(slog_async::AsyncGuard),
-    /// The JSON format's queue (see `log_queue`).
-    Queue(log_queue::QueueGuard),
+    /// The JSON format's queue (see `queue`).
+    Queue(queue::QueueGuard),
 }
 
 type BoxedDrain = Box<dyn Drain<Ok = (), Err = slog::Never> + Send>;
@@ -53,7 +56,7 @@ pub fn init(
     Ok(match format {
         // The daemon's usual case (journald, files): formatted in place, written in batches.
         LogFormat::Json => {
-            let (drain, guard) = log_queue::start(io::stderr(), level, audit)?;
+            let (drain, guard) = queue::start(io::stderr(), level, audit)?;
             (Logger::root(drain, o!()), LogGuard::Queue(guard))
         }
         LogFormat::Term => {
@@ -73,7 +76,7 @@ pub fn init(
             };
             // The audit log keeps every healing-action record whatever --log-level says, so
             // the level above applies to stderr alone, and the filter in front of the channel
-            // is the rule `log_queue` applies to the JSON path.
+            // is the rule `queue` applies to the JSON path (`records::is_kept`).
             let (async_drain, guard) = slog_async::Async::new(drain)
                 .chan_size(LOG_CHANNEL_RECORDS)
                 .overflow_strategy(slog_async::OverflowStrategy::Block)
@@ -82,7 +85,7 @@ pub fn init(
             (
                 Logger::root(
                     slog::Filter::new(async_drain, move |record| {
-                        record.level().is_at_least(level) || (audit_enabled && is_audit(record))
+                        records::is_kept(record, level, audit_enabled)
                     })
                     .ignore_res(),
                     o!(),
@@ -101,7 +104,7 @@ impl<D: Drain<Ok = (), Err = slog::Never>> Drain for AuditFilter<D> {
     type Err = slog::Never;
 
     fn log(&self, record: &slog::Record, values: &slog::OwnedKVList) -> Result<(), slog::Never> {
-        if is_audit(record) {
+        if records::is_audit(record) {
             self.0.log(record, values)?;
         }
         Ok(())

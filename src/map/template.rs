@@ -9,8 +9,8 @@ use std::fmt;
 use serde::{Serialize, Serializer};
 use uuid::Uuid;
 
-use crate::config::JsonObject;
-use crate::details::Details;
+use crate::anomaly::Details;
+use crate::anomaly::JsonObject;
 
 /// A parsed template: literal text and placeholders, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::actions::Outcome;
-use crate::config::{Action, Breaker, Reflex, Workflow};
+use crate::map::{Action, Breaker, Reflex, Workflow};
 
 /// Cooldown entries kept before the first sweep of expired ones (patterns can match unbounded
 /// names, so the map must be swept; the next sweep waits until it doubles, so sweeping stays
@@ -203,8 +203,8 @@ impl Rails {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ExecAction, JsonObject};
-    use crate::template::Template;
+    use crate::anomaly::JsonObject;
+    use crate::map::{ExecAction, Template};
 
     fn reflex(cooldown: Duration) -> Reflex {
         Reflex {
@@ -226,7 +226,6 @@ mod tests {
             }),
             max_concurrent,
             breaker,
-            series: Default::default(),
         }
     }
 
@@ -294,7 +293,6 @@ mod tests {
             action: Action::Log,
             max_concurrent: 1,
             breaker: None,
-            series: Default::default(),
         };
         let now = Instant::now();
         let _a = rails.admit("a.1", &r, &w, now).unwrap();

@@ -12,9 +12,9 @@ use reqwest::header::{HeaderValue, AUTHORIZATION};
 use reqwest::{StatusCode, Url};
 use serde_json::Value;
 
+use super::SendArgs;
+use crate::anomaly::JsonObject;
 use crate::auth::{self, TokenError};
-use crate::cli::SendArgs;
-use crate::config::JsonObject;
 
 /// How long the whole request may take: the daemon answers before the workflow runs, so a
 /// slow answer means a stuck daemon or network, not a slow action.

@@ -1,0 +1,4 @@
+//! The host the daemon runs on: what the service manager hands it and expects of it.
+//! `systemd` speaks the notify protocol and takes a socket-activated listener.
+
+pub mod systemd;

@@ -1,0 +1,488 @@
+//! `compile`: the raw schema into the `ReflexMap` dispatch reads. Whole-file checks (undeclared
+//! workflows, names given twice) run here and collect every error with its position.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+
+use super::schema::{RawFile, ReflexKey};
+use super::{Action, ConfigError, ConfigErrors, Matcher, Reflex, ReflexMap, Workflow};
+use crate::anomaly::JsonObject;
+
+/// Parses and validates `source` (the bytes of the file at `path`) into a `ReflexMap`.
+pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
+    let error_at = |(line, column): (usize, usize), message: String| ConfigError {
+        path: path.to_path_buf(),
+        line,
+        column,
+        message,
+    };
+    if source.trim().is_empty() {
+        return Err(ConfigErrors(vec![error_at(
+            (1, 1),
+            "the file is empty: it needs a `reflexes:` section (or the original format's `anomalies:` list)".into(),
+        )]));
+    }
+    let raw: RawFile = serde_yaml::from_str(source).map_err(|err| {
+        let position = err.location().map_or((1, 1), |l| (l.line(), l.column()));
+        ConfigErrors(vec![error_at(position, yaml_message(&err))])
+    })?;
+
+    let mut errors = Vec::new();
+    let mut notes = Vec::new();
+    let legacy_log_only = raw.workflows.is_none();
+    let declared = raw.workflows.unwrap_or_default();
+    for (section, repeated) in [
+        ("workflows", &declared.repeated),
+        ("reflexes", &raw.reflexes.repeated),
+    ] {
+        for key in repeated {
+            errors.push(error_at(
+                locate_key(source, section, key, 2),
+                format!("{section}: `{key}` is given twice"),
+            ));
+        }
+    }
+    let mut workflows: IndexMap<String, Arc<Workflow>> = declared
+        .entries
+        .into_iter()
+        .map(|(name, raw)| {
+            let workflow = Workflow {
+                name: Arc::from(name.as_str()),
+                action: raw.action,
+                max_concurrent: raw.max_concurrent,
+                breaker: raw.breaker,
+            };
+            (name, Arc::new(workflow))
+        })
+        .collect();
+
+    let default_cooldown = raw.defaults.cooldown.map_or(Duration::ZERO, |d| d.0);
+    // Each reflex remembers its section, not its position: finding a position scans the text,
+    // so doing it for every reflex made loading quadratic (issue 5: 100,000 names took minutes).
+    // Positions are looked up only for the reflexes an error is about.
+    let position_of = |reflex: &Reflex, section: Section| match section {
+        Section::Reflexes => locate_key(source, "reflexes", &reflex.key, 1),
+        Section::Anomalies => locate_legacy_name(source, &reflex.key),
+    };
+    // Most reflexes have no params: they share one empty object instead of each allocating
+    // its own, which a dispatch would then touch in cold memory (issue 5, the 100k map).
+    let no_params = Arc::new(JsonObject::new());
+    let params_of = |params: JsonObject| {
+        if params.is_empty() {
+            no_params.clone()
+        } else {
+            Arc::new(params)
+        }
+    };
+    let mut reflexes = Vec::new();
+    // Patterns as parsed when the file was read, each with its reflex's index.
+    let mut patterns = Vec::new();
+    for (key, reflex) in raw.reflexes.entries {
+        let text = key.as_str().to_string();
+        let is_pattern = matches!(key, ReflexKey::Pattern(_));
+        if let ReflexKey::Pattern(pattern) = key {
+            patterns.push((pattern, reflexes.len()));
+        }
+        reflexes.push((
+            Reflex {
+                key: text,
+                is_pattern,
+                workflow: reflex.workflow,
+                workflow_index: 0, // set below, once the workflows are known
+                params: params_of(reflex.params),
+                cooldown: reflex.cooldown.map_or(default_cooldown, |d| d.0),
+            },
+            Section::Reflexes,
+        ));
+    }
+    let mut seen: HashSet<String> = reflexes.iter().map(|(r, _)| r.key.clone()).collect();
+    for entry in raw.anomalies {
+        if !seen.insert(entry.name.0.clone()) {
+            errors.push(error_at(
+                locate_legacy_name(source, &entry.name.0),
+                format!("anomaly `{}` is given twice", entry.name.0),
+            ));
+            continue;
+        }
+        reflexes.push((
+            Reflex {
+                key: entry.name.0,
+                is_pattern: false,
+                workflow: entry.workflow,
+                workflow_index: 0, // set below, once the workflows are known
+                params: params_of(entry.params.unwrap_or_default()),
+                cooldown: default_cooldown,
+            },
+            Section::Anomalies,
+        ));
+    }
+
+    for (reflex, section) in &mut reflexes {
+        if let Some(index) = workflows.get_index_of(&reflex.workflow) {
+            reflex.workflow_index = index;
+            continue;
+        }
+        if legacy_log_only {
+            // The original service had no `workflows:` section: every name it used was log-only.
+            notes.push(format!(
+                "workflow `{}` is not declared (no `workflows:` section), so it runs as log-only",
+                reflex.workflow
+            ));
+            (reflex.workflow_index, _) = workflows.insert_full(
+                reflex.workflow.clone(),
+                Arc::new(Workflow {
+                    name: reflex.workflow.as_str().into(),
+                    action: Action::Log,
+                    max_concurrent: 1,
+                    breaker: None,
+                }),
+            );
+        } else {
+            errors.push(error_at(
+                position_of(reflex, *section),
+                format!(
+                    "reflex `{}` names workflow `{}`, which is not declared under `workflows:`",
+                    reflex.key, reflex.workflow
+                ),
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+
+    let reflexes: Vec<Reflex> = reflexes.into_iter().map(|(reflex, _)| reflex).collect();
+    let exact = reflexes
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !r.is_pattern)
+        .map(|(i, r)| (r.key.clone(), i));
+    let matcher = Matcher::new(exact, patterns)
+        .map_err(|message| ConfigErrors(vec![error_at((1, 1), message)]))?;
+    Ok(ReflexMap {
+        reflexes,
+        workflows,
+        matcher,
+        notes,
+    })
+}
+
+/// The section of the file a reflex was written in, for finding its position on error.
+#[derive(Debug, Clone, Copy)]
+enum Section {
+    Reflexes,
+    Anomalies,
+}
+
+/// serde_yaml's message without its trailing ` at line L column C`, which we print up front.
+fn yaml_message(err: &serde_yaml::Error) -> String {
+    let text = err.to_string();
+    match text.find(" at line ") {
+        Some(cut) if err.location().is_some() => text[..cut].to_string(),
+        _ => text,
+    }
+}
+
+/// Line and column of the `nth` (from 1) `key:` inside the top-level `section:` block, for
+/// whole-file errors.
+///
+/// serde_yaml keeps no spans, so this scans the text; block-style maps (what people write) are
+/// found exactly, and anything else falls back to the section's own line.
+fn locate_key(source: &str, section: &str, key: &str, nth: usize) -> (usize, usize) {
+    let candidates = [
+        format!("{key}:"),
+        format!("\"{key}\":"),
+        format!("'{key}':"),
+    ];
+    let seen = std::cell::Cell::new(0);
+    locate_in_section(source, section, |trimmed| {
+        let hit = candidates.iter().any(|c| trimmed.starts_with(c.as_str()));
+        if hit {
+            seen.set(seen.get() + 1);
+        }
+        hit && seen.get() == nth
+    })
+}
+
+/// Line and column of `name: <name>` inside the original format's `anomalies:` list.
+fn locate_legacy_name(source: &str, name: &str) -> (usize, usize) {
+    let values = [name.to_string(), format!("\"{name}\""), format!("'{name}'")];
+    locate_in_section(source, "anomalies", |trimmed| {
+        let trimmed = trimmed.trim_start_matches('-').trim_start();
+        trimmed
+            .strip_prefix("name:")
+            .map(|value| values.iter().any(|v| value.trim() == v))
+            .unwrap_or(false)
+    })
+}
+
+fn locate_in_section(
+    source: &str,
+    section: &str,
+    is_target: impl Fn(&str) -> bool,
+) -> (usize, usize) {
+    let header = format!("{section}:");
+    let mut section_line = None;
+    for (index, line) in source.lines().enumerate() {
+        let starts_at_margin = !line.starts_with([' ', '\t']) && !line.starts_with('#');
+        if section_line.is_none() {
+            if starts_at_margin && line.starts_with(&header) {
+                section_line = Some(index);
+            }
+            continue;
+        }
+        if starts_at_margin && !line.trim().is_empty() && !line.starts_with('-') {
+            break; // the next top-level key ends the section
+        }
+        let trimmed = line.trim_start();
+        if is_target(trimmed) {
+            let indent = line.len() - trimmed.len();
+            let dash = trimmed.len() - trimmed.trim_start_matches('-').trim_start().len();
+            return (index + 1, indent + dash + 1);
+        }
+    }
+    section_line.map_or((1, 1), |index| (index + 1, 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{parse_duration, Template, DEFAULT_EXEC_TIMEOUT};
+    use super::*;
+
+    fn compile_str(source: &str) -> Result<ReflexMap, ConfigErrors> {
+        compile(Path::new("map.yml"), source)
+    }
+
+    fn errors_of(source: &str) -> String {
+        compile_str(source).unwrap_err().to_string()
+    }
+
+    const FULL: &str = r#"
+defaults:
+  cooldown: 10s
+workflows:
+  hook:
+    webhook:
+      url: http://127.0.0.1:5678/webhook/coinbase-health
+      timeout: 2s
+      retries: 3
+      headers: {X-Anomaly: "{{anomaly}}"}
+  restart:
+    exec:
+      command: [systemctl, restart, "{{params.unit}}"]
+    max_concurrent: 2
+    breaker: {failures: 3, within: 10m}
+  page: {}
+reflexes:
+  api_latency.coinbase.high: hook
+  "nginx.*.down":
+    workflow: restart
+    params: {unit: nginx}
+    cooldown: 5m
+  disk.**: page
+"#;
+
+    #[test]
+    fn full_schema_compiles() {
+        let map = compile_str(FULL).unwrap();
+        assert_eq!(map.reflexes.len(), 3);
+        assert_eq!(map.exact_count(), 1);
+        let (reflex, workflow) = map.lookup("nginx.web1.down").unwrap();
+        assert_eq!(reflex.key, "nginx.*.down");
+        assert_eq!(reflex.cooldown, Duration::from_secs(300));
+        assert_eq!(reflex.params["unit"], "nginx");
+        assert_eq!(workflow.max_concurrent, 2);
+        assert_eq!(workflow.breaker.unwrap().failures, 3);
+        match &workflow.action {
+            Action::Exec(exec) => {
+                let argv: Vec<&str> = exec.command.iter().map(Template::as_str).collect();
+                assert_eq!(argv, ["systemctl", "restart", "{{params.unit}}"]);
+                assert_eq!(exec.timeout, DEFAULT_EXEC_TIMEOUT);
+            }
+            other => panic!("expected exec, got {other:?}"),
+        }
+        let (reflex, workflow) = map.lookup("api_latency.coinbase.high").unwrap();
+        assert_eq!(reflex.cooldown, Duration::from_secs(10), "defaults apply");
+        match &workflow.action {
+            Action::Webhook(hook) => {
+                assert_eq!(hook.retries, 3);
+                assert_eq!(hook.timeout, Duration::from_secs(2));
+                assert_eq!(hook.headers["X-Anomaly"].as_str(), "{{anomaly}}");
+            }
+            other => panic!("expected webhook, got {other:?}"),
+        }
+        assert_eq!(map.lookup("disk.sda.full").unwrap().1.action.kind(), "log");
+        assert!(map.lookup("nothing").is_none());
+        assert!(map.notes.is_empty());
+    }
+
+    #[test]
+    fn original_format_loads_unchanged() {
+        let map = compile_str(
+            "anomalies:\n  - name: api_latency.coinbase.high\n    workflow: run_coinbase_health_check_and_clear_cache\n    params: {exchange: coinbase}\n  - name: disk.*\n    workflow: page\n",
+        )
+        .unwrap();
+        let (reflex, workflow) = map.lookup("api_latency.coinbase.high").unwrap();
+        assert_eq!(workflow.action.kind(), "log");
+        assert_eq!(reflex.params["exchange"], "coinbase");
+        // Exact names only: `*` is literal in the original format.
+        assert!(map.lookup("disk.sda").is_none());
+        assert!(map.lookup("disk.*").is_some());
+        assert_eq!(map.notes.len(), 2);
+        assert_eq!(
+            map.notes[0],
+            "workflow `run_coinbase_health_check_and_clear_cache` is not declared (no `workflows:` section), so it runs as log-only"
+        );
+    }
+
+    #[test]
+    fn undeclared_workflows_are_all_reported_with_positions() {
+        let source = "workflows:\n  a: {}\nreflexes:\n  x: a\n  y: missing\n  \"z.*\":\n    workflow: other\n";
+        assert_eq!(
+            errors_of(source),
+            "map.yml:5:3: reflex `y` names workflow `missing`, which is not declared under `workflows:`\n\
+             map.yml:6:3: reflex `z.*` names workflow `other`, which is not declared under `workflows:`"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_positions() {
+        assert_eq!(
+            errors_of("workflows:\n  a:\n    exec:\n      command: [true]\n      timout: 5s\nreflexes:\n  x: a\n"),
+            "map.yml:5:7: workflows.a.exec: unknown field `timout`, expected `command` or `timeout`"
+        );
+        assert_eq!(
+            errors_of("reflexes:\n  x:\n    workflow: a\n    cooldwn: 1s\n"),
+            "map.yml:4:5: reflexes.x: unknown field `cooldwn`, expected one of `workflow`, `params`, `cooldown`"
+        );
+        assert_eq!(
+            errors_of("reflex:\n  x: a\n"),
+            "map.yml:1:1: unknown field `reflex`, expected one of `defaults`, `workflows`, `reflexes`, `anomalies`"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_errors_with_positions() {
+        assert_eq!(
+            errors_of("defaults:\n  cooldown: 5 minutes please\n"),
+            "map.yml:2:3: defaults: invalid duration `5 minutes please` (expected number at 10): write a number and a unit, like 500ms, 30s, 5m or 1h"
+        );
+        assert_eq!(
+            errors_of("workflows:\n  a:\n    exec: {command: []}\nreflexes: {}\n"),
+            "map.yml:3:11: workflows.a.exec: `command` is empty: give the program and its arguments as a list, like [systemctl, restart, nginx]"
+        );
+        assert_eq!(
+            errors_of("workflows:\n  a:\n    webhook: {url: ftp://example.com/x}\n"),
+            "map.yml:3:14: workflows.a.webhook: invalid webhook URL `ftp://example.com/x`: the scheme must be http or https"
+        );
+        assert_eq!(
+            errors_of("workflows:\n  a:\n    webhook: {url: 'http://127.0.0.1:99999/x'}\n"),
+            "map.yml:3:14: workflows.a.webhook: invalid webhook URL: invalid port number"
+        );
+        assert_eq!(
+            errors_of("reflexes:\n  \"a.***\": b\n"),
+            "map.yml:2:3: reflexes: invalid pattern `a.***`: `***` is ambiguous; use `*` within a segment or `**` across dots"
+        );
+        assert_eq!(
+            errors_of(
+                "workflows:\n  a:\n    exec: {command: [x]}\n    webhook: {url: http://h/}\n"
+            ),
+            "map.yml:2:3: workflows: a workflow has one action: give `exec` or `webhook`, not both"
+        );
+    }
+
+    #[test]
+    fn bad_templates_and_headers_are_errors_with_positions() {
+        assert_eq!(
+            errors_of("workflows:\n  a:\n    exec:\n      command: [echo, '{{detail.x}}']\n"),
+            "map.yml:4:7: workflows.a.exec: template `{{detail.x}}`: unknown placeholder `{{detail.x}}`; use anomaly, workflow, action_id, details.KEY or params.KEY"
+        );
+        assert_eq!(
+            errors_of("workflows:\n  a:\n    webhook:\n      url: http://h/\n      headers: {'bad name': x}\n"),
+            "map.yml:4:7: workflows.a.webhook: invalid header name `bad name`"
+        );
+    }
+
+    #[test]
+    fn the_program_never_comes_from_the_caller() {
+        assert_eq!(
+            errors_of("workflows:\n  a:\n    exec: {command: ['{{details.cmd}}', x]}\n"),
+            "map.yml:3:11: workflows.a.exec: `command`'s program must not come from {{anomaly}} or {{details...}}: whoever posts the anomaly would choose what the daemon runs"
+        );
+        assert!(
+            compile_str("workflows:\n  a:\n    exec: {command: ['/opt/{{params.tool}}']}\n")
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn webhook_credentials_are_not_shown() {
+        let map = compile_str(
+            "workflows:\n  h:\n    webhook:\n      url: 'https://user:pw@n8n.example/webhook/x'\n      headers: {Authorization: 'Bearer s3cret'}\nreflexes: {a: h}\n",
+        )
+        .unwrap();
+        let shown = serde_json::to_value(&*map.workflows["h"]).unwrap();
+        assert_eq!(shown["url"], "https://***@n8n.example/webhook/x");
+        assert_eq!(
+            shown["headers"],
+            serde_json::json!({"Authorization": "***"})
+        );
+    }
+
+    #[test]
+    fn absurd_durations_are_rejected() {
+        assert_eq!(
+            errors_of("defaults:\n  cooldown: 400000000000y\n"),
+            "map.yml:2:3: defaults: duration `400000000000y` is longer than the limit of a year"
+        );
+        assert!(parse_duration("365d").is_ok());
+    }
+
+    #[test]
+    fn bad_yaml_is_an_error_with_a_position() {
+        assert_eq!(
+            errors_of("reflexes:\n  a: b\n   c: d\n"),
+            "map.yml:3:5: mapping values are not allowed in this context"
+        );
+        assert_eq!(
+            errors_of("   \n"),
+            "map.yml:1:1: the file is empty: it needs a `reflexes:` section (or the original format's `anomalies:` list)"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_errors() {
+        assert_eq!(
+            errors_of("workflows:\n  a: {}\nreflexes:\n  x: a\n  x: a\n"),
+            "map.yml:5:3: reflexes: `x` is given twice"
+        );
+        assert_eq!(
+            errors_of("workflows:\n  a: {}\n  b: {}\n  a: {}\nreflexes:\n  x: a\n"),
+            "map.yml:4:3: workflows: `a` is given twice"
+        );
+        assert_eq!(
+            errors_of("workflows:\n  a: {}\nreflexes:\n  x: a\nanomalies:\n  - name: x\n    workflow: a\n"),
+            "map.yml:6:5: anomaly `x` is given twice"
+        );
+    }
+
+    #[test]
+    fn a_workflows_section_makes_every_name_count() {
+        assert_eq!(
+            errors_of("workflows:\nanomalies:\n  - name: a\n    workflow: w\n"),
+            "map.yml:3:5: reflex `a` names workflow `w`, which is not declared under `workflows:`"
+        );
+    }
+
+    #[test]
+    fn short_and_long_forms_reject_other_shapes() {
+        assert_eq!(
+            errors_of("reflexes:\n  x: [a]\n"),
+            "map.yml:2:6: reflexes.x: invalid type: sequence, expected a workflow name, or a mapping with `workflow` and optional `params` and `cooldown`"
+        );
+    }
+}

@@ -1,0 +1,266 @@
+//! Loading a map from disk: read the file once, digest it, compile it, and refuse a map that
+//! declares exec workflows when someone other than root or the daemon's user could change it
+//! (SPEC §3). `check`, startup and every reload load through here, so all three agree.
+
+use std::fmt;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
+
+use super::{compile, Action, ConfigError, ConfigErrors, ReflexMap};
+
+/// Characters of the hex digest shown as a map's `version`.
+const VERSION_HEX_CHARS: usize = 12;
+
+/// The shared, atomically swapped map in force. Readers `load()`; only the `Reloader` stores.
+pub type MapHandle = Arc<ArcSwap<LoadedMap>>;
+
+/// One generation of the map, with what `GET /reflexes` reports about it.
+#[derive(Debug)]
+pub struct LoadedMap {
+    pub map: ReflexMap,
+    /// Short hex digest of the file's bytes.
+    pub version: Arc<str>,
+    digest: [u8; 32],
+    /// Successful swaps since start: 1 after startup.
+    pub generation: u64,
+    pub loaded_at: SystemTime,
+    pub path: PathBuf,
+}
+
+/// Why a map could not be loaded.
+#[derive(Debug)]
+pub enum LoadError {
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    Invalid(ConfigErrors),
+    /// The map declares exec workflows and someone other than root or the daemon's user could
+    /// change it; `problem` says how, and how to fix it.
+    Insecure {
+        path: PathBuf,
+        problem: String,
+    },
+}
+
+impl LoadError {
+    /// True when the file does not exist (a delete, or a rename caught half-way).
+    pub fn is_missing(&self) -> bool {
+        matches!(self, LoadError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::Read { path, source } => {
+                write!(
+                    f,
+                    "{}: cannot read the reflex map: {source}",
+                    path.display()
+                )
+            }
+            LoadError::Invalid(errors) => write!(f, "{errors}"),
+            LoadError::Insecure { path, problem } => write!(
+                f,
+                "{}: refusing a map that declares exec workflows: {problem}; anyone who can \
+                 change it could run commands as the daemon",
+                path.display(),
+            ),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// The file's bytes, their digest, its permission bits and owner, read once per load attempt:
+/// the reloader compares the digest with the map in force before it compiles anything.
+pub struct MapFile {
+    bytes: Vec<u8>,
+    digest: [u8; 32],
+    mode: u32,
+    owner: u32,
+}
+
+impl MapFile {
+    /// Reads the file at `path`.
+    pub fn read(path: &Path) -> Result<MapFile, LoadError> {
+        let read = || -> std::io::Result<MapFile> {
+            // Mode and bytes come from the same open file, so a swap in between cannot mix them.
+            let mut file = std::fs::File::open(path)?;
+            let meta = file.metadata()?;
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes)?;
+            let digest = Sha256::digest(&bytes).into();
+            Ok(MapFile {
+                bytes,
+                digest,
+                mode: meta.permissions().mode(),
+                owner: meta.uid(),
+            })
+        };
+        read().map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// The SHA-256 of the bytes, which identifies the content (a save of the same bytes is no
+    /// new generation).
+    pub fn digest(&self) -> &[u8; 32] {
+        &self.digest
+    }
+
+    /// Validates and compiles these bytes, read from `path`, into generation `generation`.
+    pub fn compile(&self, path: &Path, generation: u64) -> Result<LoadedMap, LoadError> {
+        let map = self.parse(path)?;
+        let runs_commands = map
+            .workflows
+            .values()
+            .any(|w| matches!(w.action, Action::Exec(_)));
+        if runs_commands {
+            if let Some(problem) = who_else_can_change(path, self) {
+                return Err(LoadError::Insecure {
+                    path: path.to_path_buf(),
+                    problem,
+                });
+            }
+        }
+        Ok(LoadedMap {
+            map,
+            version: version_of(&self.digest),
+            digest: self.digest,
+            generation,
+            loaded_at: SystemTime::now(),
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn parse(&self, path: &Path) -> Result<ReflexMap, LoadError> {
+        let source = std::str::from_utf8(&self.bytes).map_err(|err| {
+            LoadError::Invalid(ConfigErrors(vec![ConfigError {
+                path: path.to_path_buf(),
+                line: 1,
+                column: 1,
+                message: format!("the file is not valid UTF-8 ({err})"),
+            }]))
+        })?;
+        compile(path, source).map_err(LoadError::Invalid)
+    }
+}
+
+/// Why someone other than root or the daemon's user could change the map at `path`, if they
+/// could: it is theirs, it is writable by group or others, or a directory it sits in (through
+/// the path as given or its symlink target) lets them replace it.
+fn who_else_can_change(path: &Path, file: &MapFile) -> Option<String> {
+    let daemon_user = nix::unistd::geteuid().as_raw();
+    let trusted = |uid: u32| uid == 0 || uid == daemon_user;
+    let shown = path.display();
+    if !trusted(file.owner) {
+        return Some(format!(
+            "it is owned by uid {}; fix with: chown root {shown}",
+            file.owner
+        ));
+    }
+    if file.mode & 0o022 != 0 {
+        return Some(format!(
+            "it is writable by group or others (mode {:04o}); fix with: chmod go-w {shown}",
+            file.mode & 0o7777
+        ));
+    }
+    for dir in watch_dirs(path) {
+        let Ok(meta) = std::fs::metadata(&dir) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        // A sticky directory (like /tmp) stops others from replacing a file they do not own.
+        let replaceable = mode & 0o022 != 0 && mode & 0o1000 == 0;
+        if !trusted(meta.uid()) || replaceable {
+            return Some(format!(
+                "its directory {} can be changed by others (owner uid {}, mode {:04o}); \
+                 fix with: chown root {0} && chmod go-w {0}",
+                dir.display(),
+                meta.uid(),
+                mode & 0o7777
+            ));
+        }
+    }
+    None
+}
+
+fn version_of(digest: &[u8; 32]) -> Arc<str> {
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Arc::from(&hex[..VERSION_HEX_CHARS])
+}
+
+/// Reads, validates and compiles the map at `path` as generation `generation`.
+pub fn load(path: &Path, generation: u64) -> Result<LoadedMap, LoadError> {
+    MapFile::read(path)?.compile(path, generation)
+}
+
+impl LoadedMap {
+    /// True when `file` holds the bytes this map was compiled from.
+    pub fn is_content_of(&self, file: &MapFile) -> bool {
+        self.digest == file.digest
+    }
+
+    /// One line on the map in force, and the last rejection if an edit was refused: systemd's
+    /// `STATUS=`, what `systemctl status` shows an operator.
+    pub fn status_line(&self, rejected: Option<&str>) -> String {
+        let mut status = format!(
+            "map {} (generation {}): {} reflexes, {} workflows",
+            self.version,
+            self.generation,
+            self.map.reflexes.len(),
+            self.map.workflows.len()
+        );
+        if let Some(error) = rejected {
+            status.push_str("; last reload rejected: ");
+            status.push_str(error);
+        }
+        status
+    }
+}
+
+/// The directories whose entries decide what `path` reads: its own, plus its symlink target's
+/// when that is another one. The watcher watches them, and `load` refuses a map with exec
+/// workflows when others can change them.
+pub fn watch_dirs(path: &Path) -> Vec<PathBuf> {
+    let mut dirs = vec![config_dir(path)];
+    let target_dir = std::fs::canonicalize(path)
+        .ok()
+        .and_then(|target| target.parent().map(Path::to_path_buf));
+    if let Some(target_dir) = target_dir {
+        let same = std::fs::canonicalize(&dirs[0]).is_ok_and(|dir| dir == target_dir);
+        if !same {
+            dirs.push(target_dir);
+        }
+    }
+    dirs
+}
+
+/// The file's directory: watching the file itself would lose it on the first rename.
+fn config_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_short_hex() {
+        let version = version_of(&Sha256::digest(b"reflexes: {}\n").into());
+        assert_eq!(version.len(), VERSION_HEX_CHARS);
+        assert!(version.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+}
