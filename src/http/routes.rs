@@ -405,7 +405,302 @@ fn json_bytes_response(status: StatusCode, bytes: Vec<u8>) -> HttpResponse {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{mpsc, Arc};
+    use std::time::Duration;
+
+    use hyper::body::Frame;
+    use serde_json::Value;
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
     use super::*;
+    use crate::auth::TokenFile;
+    use crate::dispatch::Dispatcher;
+    use crate::http::{AlertReceiver, ALERT_MEMORY_ENTRIES};
+
+    const TOKEN: &str = "s3cret";
+
+    /// A server state over a one-reflex map, with a token, and the reload channel's far end.
+    struct Fixture {
+        state: ServerState,
+        reloads: mpsc::Receiver<ReloadMessage>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let map_path = dir.path().join("map.yml");
+        std::fs::write(&map_path, "workflows: {page: {}}\nreflexes: {a.b: page}\n").unwrap();
+        let token_path = dir.path().join("token");
+        std::fs::write(&token_path, format!("{TOKEN}\n")).unwrap();
+        let map = Arc::new(arc_swap::ArcSwap::from_pointee(
+            crate::map::load(&map_path, 1).unwrap(),
+        ));
+        let log = slog::Logger::root(slog::Discard, slog::o!());
+        let dispatcher = Dispatcher::new(
+            map.clone(),
+            log.clone(),
+            TaskTracker::new(),
+            CancellationToken::new(),
+            false,
+        );
+        let (reload, reloads) = mpsc::channel();
+        let state = ServerState {
+            dispatcher,
+            map,
+            reload,
+            max_body: 64,
+            read_timeout: Duration::from_millis(100),
+            max_connections: 4,
+            token: Some(Arc::new(TokenFile::load(&token_path).unwrap())),
+            log,
+            alerts: AlertReceiver::new(ALERT_MEMORY_ENTRIES),
+        };
+        Fixture {
+            state,
+            reloads,
+            _dir: dir,
+        }
+    }
+
+    /// A request with the token and the JSON content type.
+    fn request(method: Method, path: &str) -> hyper::http::request::Builder {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header(AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .header(CONTENT_TYPE, "application/json")
+    }
+
+    /// Sends one request in-process; the status, the `{"error"}` or whole JSON body, and the
+    /// one header a status may need.
+    async fn send(state: &ServerState, request: Request<Full<Bytes>>) -> (StatusCode, Value) {
+        let response = handle(state, request).await;
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    fn with_body(builder: hyper::http::request::Builder, body: &str) -> Request<Full<Bytes>> {
+        builder
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_routing_table_answers_every_path_and_method() {
+        let fixture = fixture();
+        let state = &fixture.state;
+        // Each endpoint with the one method it takes, asked with the other.
+        for (path, allowed, wrong) in [
+            ("/healthz", "GET", Method::POST),
+            ("/health", "GET", Method::DELETE),
+            ("/anomaly", "POST", Method::GET),
+            ("/alertmanager", "POST", Method::GET),
+            ("/metrics", "GET", Method::POST),
+            ("/reflexes", "GET", Method::PUT),
+            ("/actions", "GET", Method::POST),
+            ("/-/reload", "POST", Method::GET),
+        ] {
+            let response = handle(state, with_body(request(wrong.clone(), path), "")).await;
+            assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{path}");
+            assert_eq!(response.headers()[ALLOW], allowed, "{path}");
+        }
+        let (status, body) = send(state, with_body(request(Method::GET, "/nope"), "")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body, json!({"error": "no such endpoint: /nope"}));
+
+        let (status, body) = send(state, with_body(request(Method::GET, "/healthz"), "")).await;
+        assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
+        let (status, body) = send(state, with_body(request(Method::GET, "/reflexes"), "")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["generation"], 1);
+        assert_eq!(body["reflexes"][0]["match"], "a.b");
+        let metrics = handle(state, with_body(request(Method::GET, "/metrics"), "")).await;
+        assert_eq!(metrics.status(), StatusCode::OK);
+        assert_eq!(metrics.headers()[CONTENT_TYPE], metrics::CONTENT_TYPE);
+    }
+
+    #[tokio::test]
+    async fn anomalies_are_answered_as_the_contract_says() {
+        let fixture = fixture();
+        let state = &fixture.state;
+        let post = |body: &str| with_body(request(Method::POST, "/anomaly"), body);
+        let (status, body) = send(state, post(r#"{"name": "a.b"}"#)).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert_eq!(body["status"], "dispatched");
+        assert_eq!(body["workflow"], "page");
+        let (status, body) = send(state, post(r#"{"name": "x.y"}"#)).await;
+        assert_eq!(
+            (status, body),
+            (
+                StatusCode::OK,
+                json!({"status": "unmatched", "anomaly": "x.y"})
+            )
+        );
+        let (status, body) = send(state, post(r#"{"name": 5}"#)).await;
+        assert_eq!(
+            (status, body),
+            (
+                StatusCode::BAD_REQUEST,
+                json!({"error": "`name` must be a string"})
+            )
+        );
+        let (status, _) = send(state, post(&format!(r#"{{"name": "{}"}}"#, "x".repeat(80)))).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+
+        let text = Request::builder()
+            .method(Method::POST)
+            .uri("/anomaly")
+            .header(AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .header(CONTENT_TYPE, "text/plain")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        let (status, body) = send(state, text).await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(
+            body,
+            json!({"error": "the body must be sent with Content-Type: application/json"})
+        );
+    }
+
+    /// A body sent in several frames with no length, as a chunked upload arrives.
+    struct Chunked(std::collections::VecDeque<Bytes>);
+
+    impl Body for Chunked {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|chunk| Ok(Frame::data(chunk))))
+        }
+    }
+
+    #[tokio::test]
+    async fn bodies_in_frames_are_joined_and_held_to_the_limit() {
+        let fixture = fixture();
+        let chunked = |chunks: &[&str]| {
+            let frames = chunks.iter().map(|c| Bytes::from(c.to_string())).collect();
+            request(Method::POST, "/anomaly")
+                .body(Chunked(frames))
+                .unwrap()
+        };
+        let response = handle(&fixture.state, chunked(&["{\"name\"", ": \"a.b\"}"])).await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let long = "x".repeat(70);
+        let response = handle(&fixture.state, chunked(&["{\"name\": \"", &long])).await;
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn every_endpoint_but_health_needs_the_token() {
+        let fixture = fixture();
+        let state = &fixture.state;
+        let bare = |method: Method, path: &str| {
+            Request::builder()
+                .method(method)
+                .uri(path)
+                .body(Full::new(Bytes::new()))
+                .unwrap()
+        };
+        let response = handle(state, bare(Method::GET, "/healthz")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        for (method, path) in [
+            (Method::POST, "/anomaly"),
+            (Method::GET, "/reflexes"),
+            (Method::GET, "/metrics"),
+            (Method::GET, "/actions"),
+            (Method::POST, "/-/reload"),
+            (Method::POST, "/alertmanager"),
+        ] {
+            let response = handle(state, bare(method, path)).await;
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path}");
+            assert_eq!(response.headers()[WWW_AUTHENTICATE], "Bearer", "{path}");
+        }
+        let wrong = Request::builder()
+            .uri("/reflexes")
+            .header(AUTHORIZATION, "Bearer nope")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let (status, body) = send(state, wrong).await;
+        assert_eq!(
+            (status, body),
+            (
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "the bearer token is not valid"})
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_queries_and_payloads_say_what_is_wrong() {
+        let fixture = fixture();
+        let state = &fixture.state;
+        let (status, body) = send(
+            state,
+            with_body(request(Method::GET, "/actions?limit=0"), ""),
+        )
+        .await;
+        assert_eq!(
+            (status, body),
+            (
+                StatusCode::BAD_REQUEST,
+                json!({"error": "`limit` must be a whole number from 1 to 1000"})
+            )
+        );
+        let (status, body) = send(
+            state,
+            with_body(request(Method::POST, "/alertmanager"), "[]"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            body["error"],
+            "the body is not an Alertmanager webhook payload: expected a JSON object with `alerts`"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reload_is_asked_of_the_reloader_and_its_answer_relayed() {
+        let Fixture {
+            state,
+            reloads,
+            _dir,
+        } = fixture();
+        // The reloader's side: answer one request as a rejected reload, then go away.
+        let reloader = std::thread::spawn(move || {
+            if let Ok(ReloadMessage::Reload {
+                reply: Some(reply), ..
+            }) = reloads.recv()
+            {
+                let _ = reply.send(ReloadOutcome::Rejected {
+                    error: "map.yml:1:1: bad".into(),
+                    kept_version: Arc::from("abc"),
+                });
+            }
+        });
+        let reload = || with_body(request(Method::POST, "/-/reload"), "");
+        let (status, body) = send(&state, reload()).await;
+        assert_eq!(
+            (status, body),
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"error": "map.yml:1:1: bad", "kept_version": "abc"})
+            )
+        );
+        reloader.join().unwrap();
+        let (status, body) = send(&state, reload()).await;
+        assert_eq!(
+            (status, body),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "the reloader is not running"})
+            )
+        );
+    }
 
     #[test]
     fn json_content_types_are_recognised() {
