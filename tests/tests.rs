@@ -12,4 +12,5 @@ mod metrics;
 mod reload;
 mod security;
 mod send;
+mod slow_clients;
 mod systemd;
