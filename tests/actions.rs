@@ -113,7 +113,7 @@ fn hostile_detail_values_stay_one_argument_and_reach_no_shell() {
     ));
     let daemon = Daemon::start(&map.path(), &[]);
     let hostile = format!(
-        "-rf x; touch {c}; $(touch {c}) `touch {c}` | touch {c} 'quoted' \"dq\"",
+        "x -rf; touch {c}; $(touch {c}) `touch {c}` | touch {c} 'quoted' \"dq\"",
         c = canary.display()
     );
     let id = dispatch(&daemon, "probe", json!({"target": hostile}));

@@ -6,6 +6,7 @@ mod actions;
 mod alertmanager;
 mod alertmanager_real;
 mod cli;
+mod exec_hardening;
 mod http_api;
 mod log_records;
 mod metrics;

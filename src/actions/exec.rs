@@ -25,12 +25,14 @@ pub const OUTPUT_TAIL_BYTES: usize = 4096;
 /// may hold open.
 const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 
-/// Expands the argv templates; the error is the action's failure reason.
+/// Expands the argv templates; the error is the action's failure reason. An argument that
+/// would hand the program caller text as an option fails the action before anything runs (and
+/// a dry run reports the same failure).
 fn expand_argv(exec: &ExecAction, run: &ActionRun) -> Result<Vec<String>, String> {
     let context = run.template_context();
     exec.command
         .iter()
-        .map(|arg| arg.expand(&context))
+        .map(|arg| arg.expand_argument(&context))
         .collect()
 }
 
