@@ -1,10 +1,12 @@
-//! What exec workflows are protected from (SPEC §8): caller text that would become an option.
+//! What exec workflows are protected from, and what they are kept from (SPEC §8): caller text
+//! that would become an option, and the daemon's secrets in their environment.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::util::{Daemon, MapDir};
+use crate::util::{daemon_command, write_private, Daemon, MapDir};
 
 fn yaml_str(path: &Path) -> String {
     serde_json::to_string(&path.display().to_string()).unwrap()
@@ -115,4 +117,58 @@ fn a_dry_run_reports_the_same_refusal() {
     );
     assert!(record.get("would_run").is_none(), "{record}");
     assert!(!archive.exists());
+}
+
+#[test]
+fn commands_get_the_daemons_environment_minus_its_secrets() {
+    let map = MapDir::new("reflexes: {}\n");
+    let token = map.file("token");
+    write_private(&token, "s3cret-token\n");
+    let printed = map.file("env");
+    map.write_in_place(&format!(
+        "workflows:\n  show: {{exec: {{command: [sh, -c, 'env > \"$0\"', {}]}}}}\nreflexes: {{show: show}}\n",
+        yaml_str(&printed)
+    ));
+    let token_arg = token.display().to_string();
+    let mut command = daemon_command(
+        &map.path(),
+        &["--listen", "127.0.0.1:0", "--token-file", &token_arg],
+    );
+    command
+        .env("CREDENTIALS_DIRECTORY", map.dir.path())
+        .env("SECRET_TOKEN_FILE", &token)
+        .env("SECRET_TOKEN", " s3cret-token ")
+        .env("KEEP_ME", "kept")
+        .env("NOT_THE_TOKEN", "s3cret-token-2");
+    let daemon = Daemon::launch(command);
+    let response = daemon.request(
+        "POST",
+        "/anomaly",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", "Bearer s3cret-token"),
+        ],
+        br#"{"name": "show"}"#,
+    );
+    assert_eq!(response.status, 202, "{}", response.body);
+    let id = response.json()["action_id"].as_str().unwrap().to_string();
+    assert_eq!(finished(&daemon, &id)["outcome"], "ok");
+
+    let env: BTreeMap<String, String> = std::fs::read_to_string(&printed)
+        .unwrap()
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect();
+    for secret in ["CREDENTIALS_DIRECTORY", "SECRET_TOKEN_FILE", "SECRET_TOKEN"] {
+        assert!(!env.contains_key(secret), "{secret} reached the command");
+    }
+    assert_eq!(env["KEEP_ME"], "kept");
+    assert_eq!(env["NOT_THE_TOKEN"], "s3cret-token-2");
+    assert!(env.contains_key("PATH"));
+    assert_eq!(env["AUTOHEALER_ANOMALY"], "show");
+    assert_eq!(env["AUTOHEALER_WORKFLOW"], "show");
+    assert_eq!(env["AUTOHEALER_ACTION_ID"], id);
+    assert_eq!(env["AUTOHEALER_DETAILS"], "{}");
+    assert_eq!(env["AUTOHEALER_PARAMS"], "{}");
 }
