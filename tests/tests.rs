@@ -7,6 +7,7 @@ mod alertmanager;
 mod alertmanager_real;
 mod cli;
 mod exec_hardening;
+mod fault_injection;
 mod http_api;
 mod log_records;
 mod metrics;
