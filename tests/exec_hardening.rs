@@ -2,24 +2,22 @@
 //! that would become an option, and the daemon's secrets in their environment.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::util::{daemon_command, write_private, Daemon, MapDir};
+use crate::util::{daemon_command, dispatch, finished, write_private, yaml_str, Daemon, MapDir};
 
-fn yaml_str(path: &Path) -> String {
-    serde_json::to_string(&path.display().to_string()).unwrap()
-}
-
-fn dispatch(daemon: &Daemon, name: &str, details: Value) -> String {
-    let response = daemon.post_anomaly(&json!({"name": name, "details": details}));
-    assert_eq!(response.status, 202, "{}", response.body);
-    response.json()["action_id"].as_str().unwrap().to_string()
-}
-
-fn finished(daemon: &Daemon, action_id: &str) -> Value {
-    daemon.wait_for_record("healing action finished", |r| r["action_id"] == action_id)
+/// Asserts that `record` is the finished record of an action refused because the argument
+/// `{{PLACEHOLDER}}` would have handed the program an option.
+fn assert_refused_as_option(record: &Value, placeholder: &str) {
+    assert_eq!(record["outcome"], "failed", "{record}");
+    assert_eq!(
+        record["error"],
+        format!(
+            "the command's argument `{{{{{placeholder}}}}}` begins with `{{{{{placeholder}}}}}`, \
+             whose value starts with `-` and would be read as an option; nothing was run"
+        )
+    );
 }
 
 /// A map whose `archive` workflow runs GNU tar on three files the monitor names.
@@ -58,12 +56,7 @@ fn a_detail_starting_with_a_dash_never_reaches_tar_as_an_option() {
         &daemon,
         &dispatch(&daemon, "backup.requested", hostile.clone()),
     );
-    assert_eq!(record["outcome"], "failed", "{record}");
-    assert_eq!(
-        record["error"],
-        "the command's argument `{{details.a}}` begins with `{{details.a}}`, whose value starts \
-         with `-` and would be read as an option; nothing was run"
-    );
+    assert_refused_as_option(&record, "details.a");
     assert!(record.get("exit_code").is_none(), "{record}");
     assert!(!canary.exists(), "tar ran the checkpoint action");
     assert!(!archive.exists(), "tar ran at all");
@@ -109,12 +102,7 @@ fn a_dry_run_reports_the_same_refusal() {
     let daemon = Daemon::start(&map.path(), &["--dry-run"]);
     let details = json!({"a": "payload", "b": "--to-command=sh", "c": "payload"});
     let record = finished(&daemon, &dispatch(&daemon, "backup.requested", details));
-    assert_eq!(record["outcome"], "failed", "{record}");
-    assert_eq!(
-        record["error"],
-        "the command's argument `{{details.b}}` begins with `{{details.b}}`, whose value starts \
-         with `-` and would be read as an option; nothing was run"
-    );
+    assert_refused_as_option(&record, "details.b");
     assert!(record.get("would_run").is_none(), "{record}");
     assert!(!archive.exists());
 }

@@ -309,13 +309,19 @@ mod tests {
         assert_eq!(message.lines().count(), 2);
     }
 
-    #[test]
-    fn ready_follows_reloading_whatever_the_status() {
+    /// The service manager's end of a real notify socket in a temp dir, and a notifier to it.
+    fn manager_and_notifier() -> (tempfile::TempDir, UnixDatagram, Notifier) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify.sock");
         let receiver = UnixDatagram::bind(&path).unwrap();
         receiver.set_nonblocking(true).unwrap();
         let notifier = Notifier::connect(path.as_os_str()).unwrap();
+        (dir, receiver, notifier)
+    }
+
+    #[test]
+    fn ready_follows_reloading_whatever_the_status() {
+        let (_dir, receiver, notifier) = manager_and_notifier();
         let error = format!(
             "map.yml:3:3: reflex `a` names workflow `{}`",
             "é".repeat(9000)
@@ -354,11 +360,7 @@ mod tests {
 
     #[test]
     fn nothing_follows_stopping() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("notify.sock");
-        let receiver = UnixDatagram::bind(&path).unwrap();
-        receiver.set_nonblocking(true).unwrap();
-        let notifier = Notifier::connect(path.as_os_str()).unwrap();
+        let (_dir, receiver, notifier) = manager_and_notifier();
         notifier.stopping("bye");
         notifier.ready("again");
         notifier.watchdog();

@@ -578,8 +578,12 @@ mod tests {
         );
     }
 
-    /// A body sent in several frames with no length, as a chunked upload arrives.
-    struct Chunked(std::collections::VecDeque<Bytes>);
+    /// A body sent in several frames with no length, as a chunked upload arrives; one that
+    /// `stalls` never sends its end.
+    struct Chunked {
+        frames: std::collections::VecDeque<Bytes>,
+        stalls: bool,
+    }
 
     impl Body for Chunked {
         type Data = Bytes;
@@ -589,7 +593,11 @@ mod tests {
             mut self: std::pin::Pin<&mut Self>,
             _: &mut std::task::Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            Poll::Ready(self.0.pop_front().map(|chunk| Ok(Frame::data(chunk))))
+            match self.frames.pop_front() {
+                Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+                None if self.stalls => Poll::Pending,
+                None => Poll::Ready(None),
+            }
         }
     }
 
@@ -599,7 +607,10 @@ mod tests {
         let chunked = |chunks: &[&str]| {
             let frames = chunks.iter().map(|c| Bytes::from(c.to_string())).collect();
             request(Method::POST, "/anomaly")
-                .body(Chunked(frames))
+                .body(Chunked {
+                    frames,
+                    stalls: false,
+                })
                 .unwrap()
         };
         let response = handle_now(&fixture.state, chunked(&["{\"name\"", ": \"a.b\"}"])).await;
@@ -609,24 +620,6 @@ mod tests {
         assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
 
-    /// A body whose first frame arrives and whose rest never does.
-    struct Stalled(Option<Bytes>);
-
-    impl Body for Stalled {
-        type Data = Bytes;
-        type Error = std::convert::Infallible;
-
-        fn poll_frame(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            match self.0.take() {
-                Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
-                None => Poll::Pending,
-            }
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_stalled_body_gets_408_at_the_requests_deadline_not_a_fresh_timeout() {
         let fixture = fixture();
@@ -634,7 +627,10 @@ mod tests {
         // The header took most of the budget: what is left is 30 ms of the 100 ms timeout.
         let deadline = started + Duration::from_millis(30);
         let stalled = request(Method::POST, "/anomaly")
-            .body(Stalled(Some(Bytes::from_static(b"{\"name\":"))))
+            .body(Chunked {
+                frames: [Bytes::from_static(b"{\"name\":")].into(),
+                stalls: true,
+            })
             .unwrap();
         let response = handle(&fixture.state, stalled, deadline).await;
         assert_eq!(started.elapsed(), Duration::from_millis(30));
