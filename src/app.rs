@@ -72,6 +72,13 @@ pub fn run(args: RunArgs, log: Logger, host: HostEnv) -> Result<(), AppError> {
         }
         None => None,
     };
+    // Before any action can run: exec children never see where the token came from.
+    crate::actions::withhold_variables(
+        token
+            .as_deref()
+            .map(TokenFile::revealing_variables)
+            .unwrap_or_default(),
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("autohealer-worker")

@@ -4,7 +4,9 @@
 //! Only the SHA-256 digest of the token is kept. Comparing digests with `subtle` takes the same
 //! time whatever the presented token is, including its length, so timing reveals nothing.
 
+use std::ffi::OsString;
 use std::fmt;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use arc_swap::ArcSwap;
@@ -98,6 +100,19 @@ impl TokenFile {
                 }
             }
         }
+    }
+
+    /// The names of the environment variables the token came from: those holding the token
+    /// itself or the token file's path as given. Exec workflows must not inherit them (SPEC §8).
+    pub fn revealing_variables(&self) -> Vec<OsString> {
+        let digest = self.digest.load();
+        std::env::vars_os()
+            .filter(|(_, value)| {
+                let holds_token = Sha256::digest(value.as_bytes().trim_ascii()).ct_eq(&**digest);
+                value == self.path.as_os_str() || bool::from(holds_token)
+            })
+            .map(|(name, _)| name)
+            .collect()
     }
 
     /// True when `authorization` is `Bearer <the token in force>`.

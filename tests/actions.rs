@@ -6,11 +6,7 @@ use std::path::Path;
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
-use crate::util::{wait_until, Daemon, MapDir, Receiver, Reply};
-
-fn finished(daemon: &Daemon, action_id: &str) -> Value {
-    daemon.wait_for_record("healing action finished", |r| r["action_id"] == action_id)
-}
+use crate::util::{dispatch, finished, wait_until, yaml_str, Daemon, MapDir, Receiver, Reply};
 
 /// The finished record of `action_id` among what an exited daemon wrote (no waiting: it is
 /// gone, so the record must already be there).
@@ -20,12 +16,6 @@ fn finished_before_exit(daemon: &Daemon, action_id: &str) -> Value {
         .into_iter()
         .find(|r| r["action_id"] == action_id)
         .expect("finished record before exit")
-}
-
-fn dispatch(daemon: &Daemon, name: &str, details: Value) -> String {
-    let response = daemon.post_anomaly(&json!({"name": name, "details": details}));
-    assert_eq!(response.status, 202, "{}", response.body);
-    response.json()["action_id"].as_str().unwrap().to_string()
 }
 
 /// Waits until the process whose id is in `pidfile` no longer runs (a killed child may linger
@@ -49,10 +39,6 @@ fn json_lines(path: &Path) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
-}
-
-fn yaml_str(path: &Path) -> String {
-    serde_json::to_string(&path.display().to_string()).unwrap()
 }
 
 #[test]
@@ -113,7 +99,7 @@ fn hostile_detail_values_stay_one_argument_and_reach_no_shell() {
     ));
     let daemon = Daemon::start(&map.path(), &[]);
     let hostile = format!(
-        "-rf x; touch {c}; $(touch {c}) `touch {c}` | touch {c} 'quoted' \"dq\"",
+        "x -rf; touch {c}; $(touch {c}) `touch {c}` | touch {c} 'quoted' \"dq\"",
         c = canary.display()
     );
     let id = dispatch(&daemon, "probe", json!({"target": hostile}));
@@ -138,9 +124,14 @@ fn missing_template_key_fails_the_action_clearly() {
 fn timeout_kills_the_whole_process_group() {
     let map = MapDir::new("reflexes: {}\n");
     let pidfile = map.file("child.pid");
+    // The command and its child ignore SIGTERM (an ignored signal stays ignored across fork and
+    // exec): the timeout does not ask, it kills the group.
     let script = map.script(
         "slow.sh",
-        &format!("sleep 300 &\necho $! > {}\nwait", pidfile.display()),
+        &format!(
+            "trap '' TERM\nsleep 300 &\necho $! > {}\nwait",
+            pidfile.display()
+        ),
     );
     map.write_in_place(&format!(
         "workflows:\n  slow:\n    exec: {{command: [sh, {}], timeout: 300ms}}\nreflexes:\n  probe: slow\n",

@@ -125,7 +125,11 @@ fn resolved_alerts_are_logged_and_not_acted_on() {
     // Records are written in order: once a later anomaly's record is out, none came before it.
     let results = post(
         &daemon,
-        vec![alert("firing", json!({"alertname": "DiskFull"}), "02")],
+        vec![alert(
+            "firing",
+            json!({"alertname": "DiskFull"}),
+            "0000000000000002",
+        )],
     );
     let action_id = results[0]["action_id"].as_str().unwrap();
     daemon.wait_for_record("healing action triggered", |r| r["action_id"] == action_id);
@@ -147,7 +151,11 @@ fn a_redelivered_alert_is_a_duplicate_and_acts_once() {
         &daemon,
         vec![
             firing.clone(),
-            alert("firing", json!({"alertname": "DiskFull"}), "02"),
+            alert(
+                "firing",
+                json!({"alertname": "DiskFull"}),
+                "0000000000000002",
+            ),
         ],
     );
     assert_eq!(
@@ -174,8 +182,12 @@ fn a_redelivered_alert_is_a_duplicate_and_acts_once() {
 fn the_memory_of_alerts_acted_on_survives_a_reload() {
     let map = MapDir::new(MAP);
     let daemon = Daemon::start(&map.path(), &[]);
-    let firing = alert("firing", json!({"alertname": "DiskFull"}), "02");
-    let unmatched = alert("firing", json!({"alertname": "CpuHot"}), "03");
+    let firing = alert(
+        "firing",
+        json!({"alertname": "DiskFull"}),
+        "0000000000000002",
+    );
+    let unmatched = alert("firing", json!({"alertname": "CpuHot"}), "0000000000000003");
     let results = post(&daemon, vec![firing.clone(), unmatched.clone()]);
     assert_eq!(results[0]["status"], "dispatched");
     assert_eq!(results[1]["status"], "unmatched");
@@ -199,8 +211,12 @@ fn an_alert_without_a_name_is_invalid_and_the_rest_still_run() {
     let results = post(
         &daemon,
         vec![
-            alert("firing", json!({"job": "node"}), "01"),
-            alert("firing", json!({"alertname": "DiskFull"}), "02"),
+            alert("firing", json!({"job": "node"}), "0000000000000001"),
+            alert(
+                "firing",
+                json!({"alertname": "DiskFull"}),
+                "0000000000000002",
+            ),
         ],
     );
     assert_eq!(
@@ -210,7 +226,40 @@ fn an_alert_without_a_name_is_invalid_and_the_rest_still_run() {
     assert_eq!(results[1]["status"], "dispatched");
     let record = daemon.wait_for_record("invalid alert", |_| true);
     assert_eq!(record["level"], "WARN");
-    assert_eq!(record["fingerprint"], "01");
+    assert_eq!(record["fingerprint"], "0000000000000001");
+}
+
+#[test]
+fn an_alert_whose_fingerprint_is_not_alertmanagers_is_invalid() {
+    let map = MapDir::new(MAP);
+    let daemon = Daemon::start(&map.path(), &[]);
+    let disk = json!({"alertname": "DiskFull"});
+    let mut huge_start = alert("firing", disk.clone(), "0000000000000004");
+    huge_start["startsAt"] = json!("9".repeat(10_000));
+    let results = post(
+        &daemon,
+        vec![
+            alert("firing", disk.clone(), "01"),
+            alert("firing", disk.clone(), &"f".repeat(1000)),
+            huge_start,
+            alert("firing", disk, "00000000000000a2"),
+        ],
+    );
+    let not_a_fingerprint = "the alert's `fingerprint` is not 16 hexadecimal digits as \
+                             Alertmanager writes it, so a re-sent copy could not be told apart";
+    for result in &results[..2] {
+        assert_eq!(
+            *result,
+            json!({"status": "invalid", "error": not_a_fingerprint})
+        );
+    }
+    assert_eq!(
+        results[2],
+        json!({"status": "invalid", "error": "the alert's `startsAt` is 10000 bytes long; a timestamp has at most 64"})
+    );
+    assert_eq!(results[3]["status"], "dispatched");
+    let record = daemon.wait_for_record("invalid alert", |r| r["fingerprint"] == "01");
+    assert_eq!(record["error"], not_a_fingerprint);
 }
 
 #[test]
@@ -240,7 +289,8 @@ fn bodies_that_are_not_alertmanager_payloads_are_400() {
             format!("{not_a_payload}missing field `status`"),
         ),
         (
-            json!({"alerts": [alert("pending", json!({"alertname": "A"}), "01")]}).to_string(),
+            json!({"alerts": [alert("pending", json!({"alertname": "A"}), "0000000000000001")]})
+                .to_string(),
             format!("{not_a_payload}unknown variant `pending`, expected `firing` or `resolved`"),
         ),
         (
@@ -259,7 +309,7 @@ fn bodies_that_are_not_alertmanager_payloads_are_400() {
         assert_eq!(response.json(), json!({"error": message}), "{body}");
     }
     // Nothing in a rejected payload was acted on.
-    let mixed = json!({"alerts": [alert("firing", json!({"alertname": "DiskFull"}), "01"), {"status": "firing"}]});
+    let mixed = json!({"alerts": [alert("firing", json!({"alertname": "DiskFull"}), "0000000000000001"), {"status": "firing"}]});
     assert_eq!(daemon.post_json("/alertmanager", &mixed).status, 400);
     // Records are written in order: once a later anomaly's record is out, none came before it.
     daemon.post_anomaly(&json!({"name": "sentinel"}));
@@ -276,7 +326,7 @@ fn alertmanager_shares_the_http_limits_of_anomaly() {
     let body = payload(vec![alert(
         "firing",
         json!({"alertname": "DiskFull"}),
-        "01",
+        "0000000000000001",
     )])
     .to_string();
     let response = daemon.request(

@@ -114,7 +114,7 @@ fn metrics_count_the_traffic_and_parse_as_prometheus_text() {
     daemon.post_anomaly(&json!({"name": "secret.customer.name"}));
     let alert = json!({
         "status": "firing", "labels": {"alertname": "disk.var.full"}, "annotations": {},
-        "startsAt": "2024-05-01T10:00:00Z", "fingerprint": "01", "generatorURL": "",
+        "startsAt": "2024-05-01T10:00:00Z", "fingerprint": "0000000000000001", "generatorURL": "",
     });
     let mut resolved = alert.clone();
     resolved["status"] = json!("resolved");

@@ -236,7 +236,7 @@ fn slow_clients_are_cut_off_at_the_read_timeout() {
     let text = String::from_utf8_lossy(&received);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(
-        text.contains(r#"{"error":"the body was not received within 1s"}"#),
+        text.contains(r#"{"error":"the request was not received whole within 1s"}"#),
         "{text}"
     );
 }

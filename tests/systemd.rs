@@ -13,6 +13,9 @@ use nix::time::{clock_gettime, ClockId};
 
 use crate::util::{activated_command, binary, daemon_command, Daemon, MapDir, DEADLINE};
 
+/// systemd reads notifications into a buffer of this size and drops longer ones.
+const SYSTEMD_DATAGRAM_MAX: usize = 4096;
+
 const MAP: &str = "workflows:\n  one: {}\n  two: {}\nreflexes:\n  a: one\n  b: two\n";
 const BIGGER_MAP: &str =
     "workflows:\n  one: {}\n  two: {}\nreflexes:\n  a: one\n  b: two\n  c: one\n";
@@ -76,8 +79,14 @@ impl NotifySocket {
     }
 
     fn recv(&mut self) -> Option<Message> {
-        let mut buf = [0u8; 4096];
+        // Room to spare, so a datagram systemd would drop shows its whole size.
+        let mut buf = vec![0u8; 65536];
         let n = self.socket.recv(&mut buf).ok()?;
+        assert!(
+            n <= SYSTEMD_DATAGRAM_MAX,
+            "a {n}-byte notification, which systemd drops: {:?}",
+            String::from_utf8_lossy(&buf[..200])
+        );
         let text = std::str::from_utf8(&buf[..n]).expect("notify messages are UTF-8");
         assert!(text.ends_with('\n'), "{text:?}");
         let message = Message(
@@ -181,6 +190,33 @@ fn notify_protocol_ready_reloading_watchdog_stopping() {
         first_ping.unwrap() < stop.unwrap(),
         "pings stop at STOPPING"
     );
+}
+
+#[test]
+fn a_reload_rejected_with_a_huge_error_still_tells_systemd_it_is_ready() {
+    let map = MapDir::new(MAP);
+    let mut notify = NotifySocket::new();
+    let mut command = daemon_command(&map.path(), &["--listen", "127.0.0.1:0"]);
+    command.env("NOTIFY_SOCKET", &notify.path);
+    let daemon = Daemon::launch(command);
+    notify.wait_for("READY=1 at startup", |m| m.is("READY"));
+
+    // Forty reflexes naming workflows that do not exist, each name 100 two-byte characters:
+    // the error runs to some 10 KB.
+    let mut broken = String::from("workflows: {one: {}}\nreflexes:\n");
+    for i in 0..40 {
+        broken.push_str(&format!("  r{i}: w{i}{}\n", "é".repeat(100)));
+    }
+    map.write_by_rename(&broken);
+    notify.wait_for("RELOADING=1", |m| m.is("RELOADING"));
+    let ready = notify.wait_for("READY=1 after the rejected reload", |m| m.is("READY"));
+    let status = ready.get("STATUS").unwrap();
+    assert!(status.contains("; last reload rejected: "), "{status}");
+    assert!(status.ends_with('…'), "cut to fit: {status}");
+    let record = daemon.wait_for_record("reflex map rejected", |_| true);
+    assert!(record["error"].as_str().unwrap().len() > SYSTEMD_DATAGRAM_MAX);
+    // The old map still serves.
+    assert_eq!(daemon.workflow_for("a").as_deref(), Some("one"));
 }
 
 #[test]

@@ -460,6 +460,23 @@ impl Drop for Daemon {
     }
 }
 
+/// `path` as a quoted YAML (JSON) string, for maps that name files in a temp dir.
+pub fn yaml_str(path: &Path) -> String {
+    serde_json::to_string(&path.display().to_string()).unwrap()
+}
+
+/// Posts anomaly `name` with `details`, asserts it was dispatched, and returns its action id.
+pub fn dispatch(daemon: &Daemon, name: &str, details: Value) -> String {
+    let response = daemon.post_anomaly(&serde_json::json!({"name": name, "details": details}));
+    assert_eq!(response.status, 202, "{}", response.body);
+    response.json()["action_id"].as_str().unwrap().to_string()
+}
+
+/// Waits for the `healing action finished` record of `action_id`.
+pub fn finished(daemon: &Daemon, action_id: &str) -> Value {
+    daemon.wait_for_record("healing action finished", |r| r["action_id"] == action_id)
+}
+
 /// A child process killed when the test ends, however it ends.
 pub struct KillOnDrop(pub Child);
 

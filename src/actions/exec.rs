@@ -1,10 +1,11 @@
 //! Exec actions: an argv list run directly (never through a shell), in its own process group so
-//! a timeout kills everything it started.
+//! a timeout kills everything it started, with the daemon's environment minus its secrets.
 
+use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
@@ -25,12 +26,34 @@ pub const OUTPUT_TAIL_BYTES: usize = 4096;
 /// may hold open.
 const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 
-/// Expands the argv templates; the error is the action's failure reason.
+/// Where systemd puts the service's credentials (`LoadCredential=`): the token's directory.
+const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+
+/// The variables of the daemon's environment that no command inherits (SPEC §8).
+static WITHHELD: OnceLock<Vec<OsString>> = OnceLock::new();
+
+/// Withholds `names` — the variables the token came from — from every command, besides
+/// `CREDENTIALS_DIRECTORY`, which is always withheld. Called once at startup; later calls are
+/// ignored, so the set cannot change under a running action.
+pub fn withhold_variables(names: impl IntoIterator<Item = OsString>) {
+    let mut all = vec![OsString::from(CREDENTIALS_DIRECTORY)];
+    all.extend(names);
+    let _ = WITHHELD.set(all);
+}
+
+/// The variables withheld from commands: at least `CREDENTIALS_DIRECTORY`.
+fn withheld() -> &'static [OsString] {
+    WITHHELD.get_or_init(|| vec![OsString::from(CREDENTIALS_DIRECTORY)])
+}
+
+/// Expands the argv templates; the error is the action's failure reason. An argument that
+/// would hand the program caller text as an option fails the action before anything runs (and
+/// a dry run reports the same failure).
 fn expand_argv(exec: &ExecAction, run: &ActionRun) -> Result<Vec<String>, String> {
     let context = run.template_context();
     exec.command
         .iter()
-        .map(|arg| arg.expand(&context))
+        .map(|arg| arg.expand_argument(&context))
         .collect()
 }
 
@@ -63,6 +86,11 @@ pub async fn run(exec: &ExecAction, run: &ActionRun, cancel: &CancellationToken)
         }
     };
     let mut command = tokio::process::Command::new(program);
+    // The daemon's environment, minus what would let a command read the token; systemd's
+    // NOTIFY_SOCKET and LISTEN_* were already taken out of it at startup (`host::systemd`).
+    for name in withheld() {
+        command.env_remove(name);
+    }
     command
         .args(args)
         .env("AUTOHEALER_ANOMALY", &*run.anomaly)

@@ -17,6 +17,8 @@ use uuid::Uuid;
 use crate::anomaly::{Details, JsonObject, Source};
 use crate::map::{Action, TemplateContext, Workflow};
 
+pub use exec::withhold_variables;
+
 /// Everything one healing action needs, fixed when it is dispatched.
 #[derive(Debug, Clone)]
 pub struct ActionRun {

@@ -6,7 +6,10 @@
 mod answer;
 mod history;
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::task::Poll;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use slog::Logger;
@@ -154,7 +157,7 @@ impl Dispatcher {
         }
         let this = self.clone();
         self.tracker.spawn(async move {
-            let report = actions::run(&run, &this.cancel).await;
+            let report = report_of(run_action(&run, &this.cancel)).await;
             this.finish(&run, permit, &report, Instant::now());
         });
         outcome
@@ -169,6 +172,41 @@ impl Dispatcher {
         self.history.finished(run.action_id, report);
         records::action_finished(&self.log, run, report);
     }
+}
+
+/// Runs `action` to its report, turning a panic inside it into a `failed` report (SPEC §8): the
+/// task then still frees the action's permit and writes its finished record, which a task that
+/// unwound would lose, leaving the workflow held `in_flight` for good.
+async fn report_of(action: impl Future<Output = ActionReport>) -> ActionReport {
+    let started = Instant::now();
+    let mut action = std::pin::pin!(action);
+    // Each poll runs inside `catch_unwind`; after a panic the future is never polled again,
+    // only dropped, so no broken state of it is ever observed.
+    let caught = std::future::poll_fn(|cx| {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| action.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(report)) => Poll::Ready(Ok(report)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    })
+    .await;
+    caught.unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("no message");
+        ActionReport::failed(started.elapsed(), format!("the action panicked: {message}"))
+    })
+}
+
+/// The action's run. Tests can make one panic: a workflow named `PANICKING_WORKFLOW` does.
+async fn run_action(run: &ActionRun, cancel: &CancellationToken) -> ActionReport {
+    #[cfg(test)]
+    if &*run.workflow.name == tests::PANICKING_WORKFLOW {
+        panic!("a test made this action panic");
+    }
+    actions::run(run, cancel).await
 }
 
 #[cfg(test)]
@@ -199,6 +237,95 @@ mod tests {
         tracker.close();
         tracker.wait().await;
         assert_eq!(dispatcher.history().newest(10).len(), 1);
+    }
+
+    /// The workflow whose action `run_action` makes panic.
+    pub const PANICKING_WORKFLOW: &str = "panics";
+
+    /// Collects the `healing action finished` records a logger writes, as JSON.
+    #[derive(Clone, Default)]
+    struct Finished(Arc<Mutex<Vec<serde_json::Value>>>);
+
+    impl slog::Drain for Finished {
+        type Ok = ();
+        type Err = slog::Never;
+        fn log(
+            &self,
+            record: &slog::Record,
+            values: &slog::OwnedKVList,
+        ) -> Result<(), slog::Never> {
+            let line = crate::log::json::with_line(record, values, |line| {
+                serde_json::from_slice::<serde_json::Value>(line)
+            });
+            if let Ok(line @ serde_json::Value::Object(_)) = line {
+                if line["msg"] == "healing action finished" {
+                    self.0.lock().unwrap().push(line);
+                }
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn an_action_that_panics_ends_failed_with_its_record_and_frees_its_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("map.yml");
+        // A webhook: it runs on the tracker (log-only actions finish in place), and at most one
+        // runs at a time (`max_concurrent` 1), so a leaked slot would suppress the second.
+        let map = format!(
+            "workflows: {{{PANICKING_WORKFLOW}: {{webhook: {{url: 'http://127.0.0.1:9/'}}}}}}\n\
+             reflexes: {{a: {PANICKING_WORKFLOW}}}\n"
+        );
+        std::fs::write(&path, map).unwrap();
+        let loaded = crate::map::load(&path, 1).unwrap();
+        let map = Arc::new(arc_swap::ArcSwap::from_pointee(loaded));
+        let finished = Finished::default();
+        let log = Logger::root(slog::Fuse(finished.clone()), slog::o!());
+        let tracker = TaskTracker::new();
+        let dispatcher =
+            Dispatcher::new(map, log, tracker.clone(), CancellationToken::new(), false);
+        let anomaly = || Anomaly::from_json(br#"{"name":"a"}"#).unwrap();
+        for round in 1..=2 {
+            let outcome = dispatcher.dispatch(anomaly(), Source::Http);
+            let DispatchOutcome::Dispatched { action_id, .. } = outcome else {
+                panic!("round {round}: the in-flight slot was not freed: {outcome:?}");
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(10), async {
+                while dispatcher.history().newest(1)[0].outcome == "running" {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .expect("the action ends");
+            let entry = &dispatcher.history().newest(1)[0];
+            assert_eq!((entry.action_id, entry.outcome), (action_id, "failed"));
+            let error = "the action panicked: a test made this action panic";
+            assert_eq!(entry.error.as_deref(), Some(error));
+            let records = finished.0.lock().unwrap().clone();
+            assert_eq!(records.len(), round);
+            assert_eq!(records[round - 1]["action_id"], action_id.to_string());
+            assert_eq!(records[round - 1]["outcome"], "failed");
+            assert_eq!(records[round - 1]["error"], error);
+        }
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    #[tokio::test]
+    async fn a_report_passes_through_and_a_panic_of_any_payload_becomes_failed() {
+        let ok = ActionReport::new(crate::actions::Outcome::Ok, Default::default(), None);
+        let report = report_of(async { ok }).await;
+        assert_eq!(report.outcome, crate::actions::Outcome::Ok);
+        let report = report_of(async {
+            tokio::task::yield_now().await;
+            std::panic::panic_any(42_u8)
+        })
+        .await;
+        assert_eq!(report.outcome, crate::actions::Outcome::Failed);
+        assert_eq!(
+            report.error.as_deref(),
+            Some("the action panicked: no message")
+        );
     }
 
     #[test]

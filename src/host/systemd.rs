@@ -189,15 +189,52 @@ impl NotifySocket {
     }
 }
 
-/// One datagram, one `KEY=VALUE` per line; a value never spans lines.
+/// The longest datagram systemd reads (`NOTIFY_BUFFER_MAX`); it drops a longer one whole, and
+/// with it any `READY=1` it carried, leaving the unit "reloading" (SPEC §8).
+pub const NOTIFY_DATAGRAM_MAX: usize = 4096;
+
+/// What ends a `STATUS=` cut to fit.
+const ELLIPSIS: &str = "…";
+
+/// One datagram of at most `NOTIFY_DATAGRAM_MAX` bytes, one `KEY=VALUE` per line; a value never
+/// spans lines. The states come first, and `STATUS=` last, cut to the room they leave.
 fn format(states: &[NotifyState]) -> String {
     let mut message = String::new();
+    let mut status = None;
     for state in states {
-        let line = state.to_string();
-        message.push_str(&line.replace('\n', "; "));
-        message.push('\n');
+        match state {
+            NotifyState::Status(text) => status = Some(*text),
+            state => push_line(&mut message, &state.to_string()),
+        }
+    }
+    if let Some(text) = status {
+        const KEY: &str = "STATUS=";
+        // The states are a few short lines; should they ever fill the datagram, STATUS= goes.
+        let room = NOTIFY_DATAGRAM_MAX.saturating_sub(message.len() + KEY.len() + 1);
+        if room > ELLIPSIS.len() {
+            let one_line = text.replace('\n', "; ");
+            push_line(&mut message, &format!("{KEY}{}", cut_to(&one_line, room)));
+        }
     }
     message
+}
+
+fn push_line(message: &mut String, line: &str) {
+    message.push_str(&line.replace('\n', "; "));
+    message.push('\n');
+}
+
+/// `text` if it fits in `room` bytes, else its longest prefix that ends on a character boundary
+/// and leaves room for the ellipsis, with the ellipsis.
+fn cut_to(text: &str, room: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= room {
+        return text.into();
+    }
+    let mut end = room.saturating_sub(ELLIPSIS.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ELLIPSIS}", &text[..end]).into()
 }
 
 /// Pings `WATCHDOG=1` every half of `timeout` while the runtime proves it still runs new work.
@@ -251,6 +288,67 @@ mod tests {
     }
 
     #[test]
+    fn a_long_status_is_cut_to_fit_on_a_character_boundary() {
+        let fits = "é".repeat(10);
+        assert_eq!(cut_to(&fits, 20), fits);
+        // 7 bytes of room: two 2-byte characters and the 3-byte ellipsis.
+        assert_eq!(cut_to(&fits, 7), "éé…");
+        assert_eq!(cut_to(&fits, 8), "éé…", "half a character is left out");
+        let message = format(&[NotifyState::Ready, NotifyState::Status(&"é".repeat(5000))]);
+        assert_eq!(
+            message.len(),
+            NOTIFY_DATAGRAM_MAX - 1,
+            "4096 bytes less half an é"
+        );
+        assert!(message.starts_with("READY=1\nSTATUS=éé"));
+        assert!(message.ends_with("é…\n"));
+        // A newline turned into "; " grows the text: the cut comes after.
+        let lines = "a\n".repeat(3000);
+        let message = format(&[NotifyState::Stopping, NotifyState::Status(&lines)]);
+        assert_eq!(message.len(), NOTIFY_DATAGRAM_MAX);
+        assert_eq!(message.lines().count(), 2);
+    }
+
+    /// The service manager's end of a real notify socket in a temp dir, and a notifier to it.
+    fn manager_and_notifier() -> (tempfile::TempDir, UnixDatagram, Notifier) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let receiver = UnixDatagram::bind(&path).unwrap();
+        receiver.set_nonblocking(true).unwrap();
+        let notifier = Notifier::connect(path.as_os_str()).unwrap();
+        (dir, receiver, notifier)
+    }
+
+    #[test]
+    fn ready_follows_reloading_whatever_the_status() {
+        let (_dir, receiver, notifier) = manager_and_notifier();
+        let error = format!(
+            "map.yml:3:3: reflex `a` names workflow `{}`",
+            "é".repeat(9000)
+        );
+        notifier.reloading();
+        notifier.ready(&format!(
+            "map 1 (generation 2); last reload rejected: {error}"
+        ));
+        // Read with room to spare, so a datagram over the limit would show its full size.
+        let mut buf = vec![0u8; 65536];
+        let n = receiver.recv(&mut buf).unwrap();
+        let reloading = std::str::from_utf8(&buf[..n]).unwrap();
+        assert!(
+            reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+            "{reloading}"
+        );
+        let n = receiver.recv(&mut buf).unwrap();
+        assert!(n <= NOTIFY_DATAGRAM_MAX, "{n} bytes");
+        let ready = std::str::from_utf8(&buf[..n]).expect("cut on a character boundary");
+        assert!(
+            ready.starts_with("READY=1\nSTATUS=map 1 (generation 2); last reload rejected: "),
+            "{ready}"
+        );
+        assert!(ready.ends_with("é…\n"), "{ready}");
+    }
+
+    #[test]
     fn a_disabled_notifier_sends_nothing() {
         let notifier = Notifier::default();
         assert!(!notifier.is_enabled());
@@ -262,11 +360,7 @@ mod tests {
 
     #[test]
     fn nothing_follows_stopping() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("notify.sock");
-        let receiver = UnixDatagram::bind(&path).unwrap();
-        receiver.set_nonblocking(true).unwrap();
-        let notifier = Notifier::connect(path.as_os_str()).unwrap();
+        let (_dir, receiver, notifier) = manager_and_notifier();
         notifier.stopping("bye");
         notifier.ready("again");
         notifier.watchdog();

@@ -5,7 +5,8 @@
 //! notification, so `AlertReceiver` remembers which alerts (by `fingerprint` and `startsAt`) it
 //! has acted on and answers `duplicate` for the rest. The memory lives in the server's state,
 //! outside the reflex map, so a reload does not forget it; it is bounded, least recently seen
-//! first out.
+//! first out, and so is each key: a fingerprint must be Alertmanager's 16 hex digits and a
+//! `startsAt` a timestamp's length, or the alert is `invalid` (SPEC §8).
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,6 +28,9 @@ pub const PAYLOAD_VERSION: &str = "4";
 /// Alerts remembered as acted on. Re-sends come within `repeat_interval` (hours), and a host
 /// sees far fewer distinct alerts than this in that time; each entry is two short strings.
 pub const ALERT_MEMORY_ENTRIES: NonZeroUsize = NonZeroUsize::new(4096).expect("not zero");
+
+/// The longest `startsAt` taken: Go's RFC 3339 with nanoseconds and an offset is 35 bytes.
+pub const MAX_STARTS_AT_BYTES: usize = 64;
 
 /// The webhook body; group-level fields (`receiver`, `groupLabels`, ...) are not needed.
 #[derive(Debug, Deserialize)]
@@ -70,17 +74,22 @@ impl Alert {
         Ok(name.clone())
     }
 
-    /// The anomaly name, once the alert is known to be usable: named, and with a fingerprint
-    /// to tell a re-sent copy by.
-    fn checked_name(&self) -> Result<String, String> {
+    /// The anomaly name and the alert's fingerprint, once the alert is known to be usable:
+    /// named, and with Alertmanager's identity to tell a re-sent copy by, each within bounds.
+    fn checked(&self) -> Result<(String, u64), String> {
         let name = self.name()?;
-        if self.fingerprint.is_empty() {
-            return Err(
-                "the alert has an empty `fingerprint`, so a re-sent copy could not be told apart"
-                    .into(),
-            );
+        let fingerprint = parse_fingerprint(&self.fingerprint).ok_or_else(|| {
+            "the alert's `fingerprint` is not 16 hexadecimal digits as Alertmanager writes it, \
+             so a re-sent copy could not be told apart"
+                .to_string()
+        })?;
+        if self.starts_at.len() > MAX_STARTS_AT_BYTES {
+            return Err(format!(
+                "the alert's `startsAt` is {} bytes long; a timestamp has at most {MAX_STARTS_AT_BYTES}",
+                self.starts_at.len()
+            ));
         }
-        Ok(name)
+        Ok((name, fingerprint))
     }
 
     /// The details of the anomaly this alert stands for, in Alertmanager's own names. Built
@@ -108,6 +117,15 @@ impl Alert {
         );
         Details::from_object(details)
     }
+}
+
+/// An Alertmanager fingerprint (`%016x` of a 64-bit hash) as its number; `None` for anything else.
+fn parse_fingerprint(text: &str) -> Option<u64> {
+    // `from_str_radix` alone would also take a sign or fewer digits.
+    if text.len() != 16 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(text, 16).ok()
 }
 
 /// Parses a webhook body; the error is the message for a 400 answer.
@@ -166,8 +184,9 @@ impl AlertResult {
     }
 }
 
-/// Identifies one firing of one alert: a re-fire after resolution has a new `startsAt`.
-type AlertKey = (String, String);
+/// Identifies one firing of one alert, by fingerprint and `startsAt` (a re-fire after
+/// resolution has a new `startsAt`): at most 8 + `MAX_STARTS_AT_BYTES` bytes of key each.
+type AlertKey = (u64, String);
 
 /// Turns webhook payloads into dispatches, remembering the alerts it has acted on.
 pub struct AlertReceiver {
@@ -199,8 +218,8 @@ impl AlertReceiver {
     }
 
     fn handle(&self, alert: Alert, dispatcher: &Dispatcher, log: &Logger) -> AlertResult {
-        let name = match alert.checked_name() {
-            Ok(name) => name,
+        let (name, fingerprint) = match alert.checked() {
+            Ok(checked) => checked,
             Err(error) => {
                 records::alert_invalid(log, &alert.fingerprint, &error);
                 return AlertResult::Invalid { error };
@@ -210,11 +229,11 @@ impl AlertReceiver {
             records::alert_resolved(log, &name, &alert.fingerprint, &alert.starts_at);
             return AlertResult::Resolved { anomaly: name };
         }
-        let key = (alert.fingerprint.clone(), alert.starts_at.clone());
+        let key = (fingerprint, alert.starts_at.clone());
         // Claiming the key before dispatching makes two concurrent deliveries of one alert (a
         // retry racing the original) act once.
         if !self.claim(&key) {
-            records::alert_duplicate(log, &name, &key.0, &key.1);
+            records::alert_duplicate(log, &name, &alert.fingerprint, &alert.starts_at);
             return AlertResult::Duplicate { anomaly: name };
         }
         let anomaly = Anomaly {
@@ -340,9 +359,44 @@ mod tests {
     }
 
     #[test]
+    fn fingerprints_and_start_times_are_checked_before_they_are_remembered() {
+        let with = |fingerprint: &str, starts_at: &str| {
+            let mut alert = alert(json!({"alertname": "NginxDown"}));
+            alert["fingerprint"] = json!(fingerprint);
+            alert["startsAt"] = json!(starts_at);
+            parse_one(alert).checked()
+        };
+        let now = "2024-05-01T10:00:00.123456789+02:00";
+        assert_eq!(
+            with("4f6cb5ae4e6d3a8f", now),
+            Ok(("NginxDown".into(), 0x4f6c_b5ae_4e6d_3a8f))
+        );
+        assert_eq!(
+            with("4F6CB5AE4E6D3A8F", now).unwrap().1,
+            0x4f6c_b5ae_4e6d_3a8f
+        );
+        let not_a_fingerprint = "the alert's `fingerprint` is not 16 hexadecimal digits as \
+                                 Alertmanager writes it, so a re-sent copy could not be told apart";
+        for bad in [
+            "",
+            "01",
+            "+f6cb5ae4e6d3a8f",
+            "4f6cb5ae4e6d3a8g",
+            "4f6cb5ae4e6d3a8f0",
+            "é",
+        ] {
+            assert_eq!(with(bad, now).unwrap_err(), not_a_fingerprint, "{bad:?}");
+        }
+        assert_eq!(
+            with("4f6cb5ae4e6d3a8f", &"9".repeat(65)).unwrap_err(),
+            "the alert's `startsAt` is 65 bytes long; a timestamp has at most 64"
+        );
+    }
+
+    #[test]
     fn the_memory_is_bounded_and_refreshed_by_use() {
         let receiver = AlertReceiver::new(NonZeroUsize::new(2).unwrap());
-        let key = |n: u8| (format!("fp{n}"), "t".to_string());
+        let key = |n: u8| (u64::from(n), "t".to_string());
         assert!(receiver.claim(&key(1)));
         assert!(receiver.claim(&key(2)));
         assert!(

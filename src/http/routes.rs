@@ -17,6 +17,7 @@ use hyper::header::{
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use super::alertmanager::AlertResult;
 use super::ServerState;
@@ -63,9 +64,14 @@ impl ApiError {
     }
 }
 
-/// Routes one request and turns any `ApiError` into its response.
-pub async fn handle(state: &ServerState, request: Request<impl RequestBody>) -> HttpResponse {
-    route(state, request)
+/// Routes one request and turns any `ApiError` into its response. Its body must have arrived
+/// by `deadline` (SPEC §8: the whole request within the read timeout).
+pub async fn handle(
+    state: &ServerState,
+    request: Request<impl RequestBody>,
+    deadline: Instant,
+) -> HttpResponse {
+    route(state, request, deadline)
         .await
         .unwrap_or_else(ApiError::into_response)
 }
@@ -73,6 +79,7 @@ pub async fn handle(state: &ServerState, request: Request<impl RequestBody>) -> 
 async fn route(
     state: &ServerState,
     request: Request<impl RequestBody>,
+    deadline: Instant,
 ) -> Result<HttpResponse, ApiError> {
     let method = request.method().clone();
     let path = request.uri().path();
@@ -85,11 +92,11 @@ async fn route(
     match path {
         "/anomaly" => {
             allow(&method, Method::POST, "POST")?;
-            post_anomaly(state, request).await
+            post_anomaly(state, request, deadline).await
         }
         "/alertmanager" => {
             allow(&method, Method::POST, "POST")?;
-            post_alertmanager(state, request).await
+            post_alertmanager(state, request, deadline).await
         }
         "/metrics" => {
             allow(&method, Method::GET, "GET")?;
@@ -148,8 +155,9 @@ fn allow(method: &Method, expected: Method, allow: &'static str) -> Result<(), A
 async fn post_anomaly(
     state: &ServerState,
     request: Request<impl RequestBody>,
+    deadline: Instant,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_json_body(state, request).await?;
+    let body = read_json_body(state, request, deadline).await?;
     let anomaly = Anomaly::from_json(&body)
         .map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, message))?;
     let name = anomaly.name.clone();
@@ -178,8 +186,9 @@ fn shutting_down() -> ApiError {
 async fn post_alertmanager(
     state: &ServerState,
     request: Request<impl RequestBody>,
+    deadline: Instant,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_json_body(state, request).await?;
+    let body = read_json_body(state, request, deadline).await?;
     let results = state
         .alerts
         .receive(&body, &state.dispatcher, &state.log)
@@ -223,10 +232,11 @@ fn get_metrics() -> Result<HttpResponse, ApiError> {
     Ok(response)
 }
 
-/// Checks the content type and size limit, then reads the whole body.
+/// Checks the content type and size limit, then reads the whole body by `deadline`.
 async fn read_json_body(
     state: &ServerState,
     request: Request<impl RequestBody>,
+    deadline: Instant,
 ) -> Result<Bytes, ApiError> {
     if !is_json(request.headers().get(CONTENT_TYPE)) {
         return Err(ApiError::new(
@@ -251,17 +261,16 @@ async fn read_json_body(
     let read = whole_body(Limited::new(request.into_body(), state.max_body));
     tokio::pin!(read);
     // A body sent with its head has been read by the time this runs: take it without arming a
-    // timer. One that trickles in would hold its connection busy, and busy connections are
-    // never evicted: bound it like the header.
+    // timer. One that trickles in is held to what is left of the request's read timeout.
     let read = match std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
         Poll::Ready(read) => read,
-        Poll::Pending => match tokio::time::timeout(state.read_timeout, read).await {
+        Poll::Pending => match tokio::time::timeout_at(deadline, read).await {
             Ok(read) => read,
             Err(_) => {
                 return Err(ApiError::new(
                     StatusCode::REQUEST_TIMEOUT,
                     format!(
-                        "the body was not received within {}",
+                        "the request was not received whole within {}",
                         humantime::format_duration(state.read_timeout)
                     ),
                 ))
@@ -472,10 +481,15 @@ mod tests {
             .header(CONTENT_TYPE, "application/json")
     }
 
+    /// Handles one request in-process, its read deadline the read timeout from now.
+    async fn handle_now(state: &ServerState, request: Request<impl RequestBody>) -> HttpResponse {
+        handle(state, request, Instant::now() + state.read_timeout).await
+    }
+
     /// Sends one request in-process; the status, the `{"error"}` or whole JSON body, and the
     /// one header a status may need.
     async fn send(state: &ServerState, request: Request<Full<Bytes>>) -> (StatusCode, Value) {
-        let response = handle(state, request).await;
+        let response = handle_now(state, request).await;
         let status = response.status();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
@@ -502,7 +516,7 @@ mod tests {
             ("/actions", "GET", Method::POST),
             ("/-/reload", "POST", Method::GET),
         ] {
-            let response = handle(state, with_body(request(wrong.clone(), path), "")).await;
+            let response = handle_now(state, with_body(request(wrong.clone(), path), "")).await;
             assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{path}");
             assert_eq!(response.headers()[ALLOW], allowed, "{path}");
         }
@@ -516,7 +530,7 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["generation"], 1);
         assert_eq!(body["reflexes"][0]["match"], "a.b");
-        let metrics = handle(state, with_body(request(Method::GET, "/metrics"), "")).await;
+        let metrics = handle_now(state, with_body(request(Method::GET, "/metrics"), "")).await;
         assert_eq!(metrics.status(), StatusCode::OK);
         assert_eq!(metrics.headers()[CONTENT_TYPE], metrics::CONTENT_TYPE);
     }
@@ -564,8 +578,12 @@ mod tests {
         );
     }
 
-    /// A body sent in several frames with no length, as a chunked upload arrives.
-    struct Chunked(std::collections::VecDeque<Bytes>);
+    /// A body sent in several frames with no length, as a chunked upload arrives; one that
+    /// `stalls` never sends its end.
+    struct Chunked {
+        frames: std::collections::VecDeque<Bytes>,
+        stalls: bool,
+    }
 
     impl Body for Chunked {
         type Data = Bytes;
@@ -575,7 +593,11 @@ mod tests {
             mut self: std::pin::Pin<&mut Self>,
             _: &mut std::task::Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            Poll::Ready(self.0.pop_front().map(|chunk| Ok(Frame::data(chunk))))
+            match self.frames.pop_front() {
+                Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+                None if self.stalls => Poll::Pending,
+                None => Poll::Ready(None),
+            }
         }
     }
 
@@ -585,14 +607,40 @@ mod tests {
         let chunked = |chunks: &[&str]| {
             let frames = chunks.iter().map(|c| Bytes::from(c.to_string())).collect();
             request(Method::POST, "/anomaly")
-                .body(Chunked(frames))
+                .body(Chunked {
+                    frames,
+                    stalls: false,
+                })
                 .unwrap()
         };
-        let response = handle(&fixture.state, chunked(&["{\"name\"", ": \"a.b\"}"])).await;
+        let response = handle_now(&fixture.state, chunked(&["{\"name\"", ": \"a.b\"}"])).await;
         assert_eq!(response.status(), StatusCode::ACCEPTED);
         let long = "x".repeat(70);
-        let response = handle(&fixture.state, chunked(&["{\"name\": \"", &long])).await;
+        let response = handle_now(&fixture.state, chunked(&["{\"name\": \"", &long])).await;
         assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_gets_408_at_the_requests_deadline_not_a_fresh_timeout() {
+        let fixture = fixture();
+        let started = Instant::now();
+        // The header took most of the budget: what is left is 30 ms of the 100 ms timeout.
+        let deadline = started + Duration::from_millis(30);
+        let stalled = request(Method::POST, "/anomaly")
+            .body(Chunked {
+                frames: [Bytes::from_static(b"{\"name\":")].into(),
+                stalls: true,
+            })
+            .unwrap();
+        let response = handle(&fixture.state, stalled, deadline).await;
+        assert_eq!(started.elapsed(), Duration::from_millis(30));
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&body).unwrap(),
+            json!({"error": "the request was not received whole within 100ms"})
+        );
     }
 
     #[tokio::test]
@@ -606,7 +654,7 @@ mod tests {
                 .body(Full::new(Bytes::new()))
                 .unwrap()
         };
-        let response = handle(state, bare(Method::GET, "/healthz")).await;
+        let response = handle_now(state, bare(Method::GET, "/healthz")).await;
         assert_eq!(response.status(), StatusCode::OK);
         for (method, path) in [
             (Method::POST, "/anomaly"),
@@ -616,7 +664,7 @@ mod tests {
             (Method::POST, "/-/reload"),
             (Method::POST, "/alertmanager"),
         ] {
-            let response = handle(state, bare(method, path)).await;
+            let response = handle_now(state, bare(method, path)).await;
             assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path}");
             assert_eq!(response.headers()[WWW_AUTHENTICATE], "Bearer", "{path}");
         }

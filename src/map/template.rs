@@ -2,7 +2,9 @@
 //!
 //! A template is parsed when the map loads, so a typo such as `{{detail.unit}}` is a config error
 //! with a position, not a failed action at 3 a.m. Expansion produces exactly one string per
-//! template: a placeholder never splits an argv element, and nothing reaches a shell.
+//! template: a placeholder never splits an argv element, and nothing reaches a shell. An argv
+//! element is expanded with `expand_argument`, which also keeps caller text from becoming an
+//! option (SPEC §8).
 
 use std::fmt;
 
@@ -70,20 +72,28 @@ impl Template {
     pub fn expand(&self, context: &TemplateContext<'_>) -> Result<String, String> {
         let mut out = String::with_capacity(self.source.len());
         for part in &self.parts {
-            match part {
-                Part::Literal(text) => out.push_str(text),
-                Part::Anomaly => out.push_str(context.anomaly),
-                Part::Workflow => out.push_str(context.workflow),
-                Part::ActionId => out.push_str(
-                    context
-                        .action_id
-                        .hyphenated()
-                        .encode_lower(&mut Uuid::encode_buffer()),
-                ),
-                Part::Details(path) => {
-                    out.push_str(&lookup(context.details.object(), path, "details")?)
-                }
-                Part::Params(path) => out.push_str(&lookup(context.params, path, "params")?),
+            part.expand_into(&mut out, context)?;
+        }
+        Ok(out)
+    }
+
+    /// Expands an argument of an exec command, refusing one that begins with caller-supplied
+    /// text (`{{anomaly}}`, `{{details.*}}`) starting with `-`: the program would read it as an
+    /// option, as tar reads `--checkpoint-action=exec=sh` (SPEC §8). Text from the map in front
+    /// of the placeholder (`--unit={{details.x}}`) makes it a value; `{{params.*}}` is trusted.
+    pub fn expand_argument(&self, context: &TemplateContext<'_>) -> Result<String, String> {
+        let mut out = String::with_capacity(self.source.len());
+        for part in &self.parts {
+            let starts_here = out.is_empty();
+            part.expand_into(&mut out, context)?;
+            // Whatever comes first in the argument decides: an empty part before it does not.
+            if starts_here && part.is_caller_input() && out.starts_with('-') {
+                return Err(format!(
+                    "the command's argument `{}` begins with `{{{{{}}}}}`, whose value starts \
+                     with `-` and would be read as an option; nothing was run",
+                    self.source,
+                    part.placeholder_name(),
+                ));
             }
         }
         Ok(out)
@@ -92,15 +102,52 @@ impl Template {
     /// True when the expansion depends on what the caller sent (the anomaly name or details),
     /// which must never choose the program an exec action runs.
     pub fn uses_caller_input(&self) -> bool {
-        self.parts
-            .iter()
-            .any(|part| matches!(part, Part::Anomaly | Part::Details(_)))
+        self.parts.iter().any(Part::is_caller_input)
     }
 
     /// The template as written in the map.
     #[cfg(test)]
     pub fn as_str(&self) -> &str {
         &self.source
+    }
+}
+
+impl Part {
+    /// Appends this part's expansion to `out`.
+    fn expand_into(&self, out: &mut String, context: &TemplateContext<'_>) -> Result<(), String> {
+        match self {
+            Part::Literal(text) => out.push_str(text),
+            Part::Anomaly => out.push_str(context.anomaly),
+            Part::Workflow => out.push_str(context.workflow),
+            Part::ActionId => out.push_str(
+                context
+                    .action_id
+                    .hyphenated()
+                    .encode_lower(&mut Uuid::encode_buffer()),
+            ),
+            Part::Details(path) => {
+                out.push_str(&lookup(context.details.object(), path, "details")?)
+            }
+            Part::Params(path) => out.push_str(&lookup(context.params, path, "params")?),
+        }
+        Ok(())
+    }
+
+    /// True for the parts whose text the caller chose: the anomaly name and its details.
+    fn is_caller_input(&self) -> bool {
+        matches!(self, Part::Anomaly | Part::Details(_))
+    }
+
+    /// The placeholder as it is named in a template, for messages; empty for literal text.
+    fn placeholder_name(&self) -> String {
+        match self {
+            Part::Literal(_) => String::new(),
+            Part::Anomaly => "anomaly".into(),
+            Part::Workflow => "workflow".into(),
+            Part::ActionId => "action_id".into(),
+            Part::Details(path) => format!("details.{}", path.join(".")),
+            Part::Params(path) => format!("params.{}", path.join(".")),
+        }
     }
 }
 
@@ -220,6 +267,69 @@ mod tests {
         assert_eq!(
             expand("{{params.deep.y}}", json!({})).unwrap_err(),
             "template key `params.deep.y` is missing"
+        );
+    }
+
+    fn expand_argument(template: &str, details: serde_json::Value) -> Result<String, String> {
+        expand_argument_of("nginx.web1.down", template, details)
+    }
+
+    fn expand_argument_of(
+        anomaly: &str,
+        template: &str,
+        details: serde_json::Value,
+    ) -> Result<String, String> {
+        let details = Details::from_object(object(details));
+        let params = object(json!({"flag": "-v", "empty": ""}));
+        Template::parse(template)
+            .unwrap()
+            .expand_argument(&TemplateContext {
+                anomaly,
+                workflow: "restart",
+                action_id: Uuid::nil(),
+                details: &details,
+                params: &params,
+            })
+    }
+
+    #[test]
+    fn caller_text_at_the_start_of_an_argument_never_becomes_an_option() {
+        let hostile = json!({"file": "--checkpoint-action=exec=sh", "dash": "-"});
+        assert_eq!(
+            expand_argument("{{details.file}}", hostile.clone()).unwrap_err(),
+            "the command's argument `{{details.file}}` begins with `{{details.file}}`, whose \
+             value starts with `-` and would be read as an option; nothing was run"
+        );
+        assert!(expand_argument("{{details.dash}}.log", hostile.clone()).is_err());
+        // An empty trusted value in front leaves the caller's text first.
+        assert!(expand_argument("{{params.empty}}{{details.file}}", hostile.clone()).is_err());
+        assert_eq!(
+            expand_argument_of("-rf.down", "{{anomaly}}", json!({})).unwrap_err(),
+            "the command's argument `{{anomaly}}` begins with `{{anomaly}}`, whose value starts \
+             with `-` and would be read as an option; nothing was run"
+        );
+        // Map text in front makes the value a value; params come from the map.
+        assert_eq!(
+            expand_argument("--unit={{details.file}}", hostile.clone()).unwrap(),
+            "--unit=--checkpoint-action=exec=sh"
+        );
+        assert_eq!(
+            expand_argument("./{{details.file}}", hostile.clone()).unwrap(),
+            "./--checkpoint-action=exec=sh"
+        );
+        assert_eq!(expand_argument("{{params.flag}}", json!({})).unwrap(), "-v");
+        assert_eq!(
+            expand_argument("{{params.flag}}{{details.file}}", hostile.clone()).unwrap(),
+            "-v--checkpoint-action=exec=sh"
+        );
+        // A dash inside or after the value is harmless; plain `expand` (headers) is unchanged.
+        assert_eq!(
+            expand_argument("{{details.v}}", json!({"v": "web-1 -x"})).unwrap(),
+            "web-1 -x"
+        );
+        assert_eq!(
+            expand("{{details.file}}", hostile).unwrap(),
+            "--checkpoint-action=exec=sh"
         );
     }
 
