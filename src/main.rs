@@ -1,8 +1,9 @@
 //! The `autohealer` binary: command line in, exit code out; everything else is in the library.
 
+use std::io::Write;
 use std::process::ExitCode;
 
-use autohealer::cli::{self, check, send};
+use autohealer::cli::{self, check, completions, man, send};
 use autohealer::host::systemd;
 use autohealer::{app, log};
 
@@ -53,5 +54,28 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        cli::Command::Completions(args) => print(&completions::script(args.shell)),
+        cli::Command::Man(args) => match args.dir {
+            None => print(&man::page()),
+            Some(dir) => match man::write_all(&dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("autohealer: {err}");
+                    ExitCode::FAILURE
+                }
+            },
+        },
+    }
+}
+
+/// Writes `text` to stdout; a closed pipe or a full disk is an error message, not a panic.
+fn print(text: &[u8]) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("autohealer: cannot write to stdout: {err}");
+            ExitCode::FAILURE
+        }
     }
 }

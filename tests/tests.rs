@@ -6,6 +6,7 @@ mod actions;
 mod alertmanager;
 mod alertmanager_real;
 mod cli;
+mod completions;
 mod exec_hardening;
 mod fault_injection;
 mod http_api;

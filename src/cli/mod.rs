@@ -1,11 +1,13 @@
-//! The command line (SPEC §1): `run` (the default), `check` and `send`, each subcommand's work in
-//! a file of its own.
+//! The command line (SPEC §1, §10): `run` (the default), `check`, `send`, and the tools for the
+//! people who edit the map (`completions`, `man`), each subcommand's work in a file of its own.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod check;
+pub mod completions;
+pub mod man;
 pub mod send;
 
 use clap::{Args, Parser, Subcommand};
@@ -21,10 +23,12 @@ pub struct Cli {
 }
 
 /// Words that name a subcommand or ask clap for help, so `run` is not put in front of them.
-const NOT_RUN: [&str; 9] = [
+const NOT_RUN: [&str; 11] = [
     "run",
     "check",
     "send",
+    "completions",
+    "man",
     "help",
     "--help",
     "-h",
@@ -67,6 +71,10 @@ pub enum Command {
     /// Post an anomaly to a running daemon (for shell monitors and cron); exit 0 when the daemon
     /// accepted it, 1 when it rejected it or could not be reached.
     Send(SendArgs),
+    /// Print a shell completion script: `source <(autohealer completions bash)`.
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff): `autohealer man | man -l -`.
+    Man(ManArgs),
 }
 
 /// Options of the daemon.
@@ -142,6 +150,23 @@ pub struct SendArgs {
     /// Send `Authorization: Bearer <token>`, with the token read from FILE (whitespace trimmed).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+}
+
+/// Options of `completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: completions::Shell,
+}
+
+/// Options of `man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Instead of printing autohealer(1), write it and one page per subcommand
+    /// (autohealer-run(1), ...) into DIR, as a package installs them.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 fn parse_url(text: &str) -> Result<reqwest::Url, String> {
@@ -250,6 +275,27 @@ mod tests {
                 .unwrap()
                 .into_command(),
             Command::Run(_)
+        ));
+    }
+
+    #[test]
+    fn every_subcommand_is_named_in_not_run() {
+        use clap::CommandFactory;
+        // Otherwise `autohealer NAME` would parse as `autohealer run NAME` and fail.
+        for sub in Cli::command().get_subcommands() {
+            assert!(NOT_RUN.contains(&sub.get_name()), "{}", sub.get_name());
+        }
+        assert!(matches!(
+            parse(["autohealer", "completions", "zsh"])
+                .unwrap()
+                .into_command(),
+            Command::Completions(CompletionsArgs {
+                shell: completions::Shell::Zsh
+            })
+        ));
+        assert!(matches!(
+            parse(["autohealer", "man"]).unwrap().into_command(),
+            Command::Man(ManArgs { dir: None })
         ));
     }
 
