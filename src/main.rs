@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use autohealer::cli::{self, check, completions, man, send};
+use autohealer::cli::{self, check, completions, man, schema, send};
 use autohealer::host::systemd;
 use autohealer::{app, log};
 
@@ -54,6 +54,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        cli::Command::Schema => print(schema::text().as_bytes()),
         cli::Command::Completions(args) => print(&completions::script(args.shell)),
         cli::Command::Man(args) => match args.dir {
             None => print(&man::page()),

@@ -13,6 +13,7 @@ mod http_api;
 mod log_records;
 mod metrics;
 mod reload;
+mod schema;
 mod security;
 mod send;
 mod slow_clients;

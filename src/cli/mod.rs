@@ -1,5 +1,5 @@
 //! The command line (SPEC §1, §10): `run` (the default), `check`, `send`, and the tools for the
-//! people who edit the map (`completions`, `man`), each subcommand's work in a file of its own.
+//! people who edit the map (`schema`, `completions`, `man`), each subcommand's work in a file of its own.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +8,7 @@ use std::time::Duration;
 pub mod check;
 pub mod completions;
 pub mod man;
+pub mod schema;
 pub mod send;
 
 use clap::{Args, Parser, Subcommand};
@@ -23,10 +24,11 @@ pub struct Cli {
 }
 
 /// Words that name a subcommand or ask clap for help, so `run` is not put in front of them.
-const NOT_RUN: [&str; 11] = [
+const NOT_RUN: [&str; 12] = [
     "run",
     "check",
     "send",
+    "schema",
     "completions",
     "man",
     "help",
@@ -71,6 +73,8 @@ pub enum Command {
     /// Post an anomaly to a running daemon (for shell monitors and cron); exit 0 when the daemon
     /// accepted it, 1 when it rejected it or could not be reached.
     Send(SendArgs),
+    /// Print the JSON Schema (draft 2020-12) of reflex_map.yml, for editors and linters.
+    Schema,
     /// Print a shell completion script: `source <(autohealer completions bash)`.
     Completions(CompletionsArgs),
     /// Print the manual page (roff): `autohealer man | man -l -`.

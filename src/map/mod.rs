@@ -30,7 +30,7 @@ use crate::anomaly::JsonObject;
 pub use compile::compile;
 pub use load::{load, watch_dirs, LoadError, LoadedMap, MapFile, MapHandle};
 pub use matcher::{is_pattern, Matcher, Pattern};
-pub use schema::parse_duration;
+pub use schema::{parse_duration, reflex_map_schema};
 pub use template::{Template, TemplateContext};
 
 /// Default `exec.timeout` when a workflow gives none.

@@ -1,0 +1,281 @@
+//! The JSON Schema of `reflex_map.yml` (SPEC §10): derived by schemars from the raw types in
+//! `schema`, with the schema of each type whose deserialization is hand-written (a visitor or a
+//! `try_from` check) written here beside nothing else, so it describes what that code accepts.
+//!
+//! YAML scalars keep their types when an editor validates them (`5` is a number, `true` a
+//! boolean), while serde_yaml hands the daemon any scalar as text where it wants a string. So
+//! where a string is expected and a number is natural (argv elements, header values) the schema
+//! accepts numbers and booleans too: no red squiggle under `command: [sleep, 5]`, which loads.
+
+use std::borrow::Cow;
+
+use schemars::generate::SchemaSettings;
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+
+use super::{Argv, DistinctMap, DurationValue, Headers, RawFile, RawReflex, RawReflexLong};
+use super::{RawWorkflow, RawWorkflowFields, WebhookUrl};
+
+/// A duration as `parse_duration` (humantime) reads it: one or more `<number><unit>` with an
+/// optional fraction, or a bare `0`. The year limit is left to the daemon's message.
+const DURATION_PATTERN: &str = r"^\s*(0|([0-9]+(\.[0-9]+)?\s*(nanos|nsec|ns|usec|us|µs|millis|msec|ms|seconds|second|secs|sec|s|minutes|minute|mins|min|m|hours|hour|hrs|hr|h|days|day|d|weeks|week|wks|wk|w|months|month|M|years|year|yrs|yr|y)\s*)+)$";
+
+/// The characters of an HTTP header name (RFC 9110 `token`), as `HeaderName` accepts them.
+const HEADER_NAME_PATTERN: &str = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
+
+/// The JSON Schema (draft 2020-12) of `reflex_map.yml`, pretty-printed with a final newline:
+/// what `autohealer schema` prints and `reflex_map.schema.json` holds.
+pub fn reflex_map_schema() -> String {
+    let schema = SchemaSettings::draft2020_12()
+        .for_deserialize()
+        .into_generator()
+        .into_root_schema_for::<RawFile>();
+    // A schema is a JSON value with string keys: serializing it cannot fail.
+    let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// A string, or a number or boolean that serde_yaml reads as its text.
+fn scalar(description: &str) -> Schema {
+    json_schema!({
+        "type": ["string", "number", "boolean"],
+        "description": description,
+    })
+}
+
+impl JsonSchema for RawWorkflow {
+    fn schema_name() -> Cow<'static, str> {
+        "Workflow".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        // Deserialized from these fields, then checked (`try_from`).
+        RawWorkflowFields::json_schema(generator)
+    }
+}
+
+impl JsonSchema for RawReflex {
+    fn schema_name() -> Cow<'static, str> {
+        "ReflexTarget".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        // The visitor in `schema` takes a workflow name or the long form's mapping.
+        let long = generator.subschema_for::<RawReflexLong>();
+        json_schema!({
+            "anyOf": [
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "description": "The workflow to start, declared under `workflows:`.",
+                },
+                long,
+            ]
+        })
+    }
+}
+
+impl<K, V: JsonSchema> JsonSchema for DistinctMap<K, V> {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        format!("MapOf{}", V::schema_name()).into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        // An empty section (`workflows:` with nothing under it) is an empty map.
+        let value = generator.subschema_for::<V>();
+        json_schema!({
+            "type": ["object", "null"],
+            "additionalProperties": value,
+        })
+    }
+}
+
+impl JsonSchema for DurationValue {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A duration such as 500ms, 30s, 5m or 1h, at most a year.",
+            "anyOf": [
+                {"type": "string", "pattern": DURATION_PATTERN},
+                {"const": 0},
+            ]
+        })
+    }
+}
+
+impl JsonSchema for Argv {
+    fn schema_name() -> Cow<'static, str> {
+        "Command".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "array",
+            "minItems": 1,
+            "items": scalar("One argument; `{{...}}` placeholders expand inside it."),
+            "description": "The program and its arguments, e.g. [systemctl, restart, \"{{params.unit}}\"]; never run through a shell. The program must not come from {{anomaly}} or {{details...}}.",
+        })
+    }
+}
+
+impl JsonSchema for Headers {
+    fn schema_name() -> Cow<'static, str> {
+        "Headers".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": ["object", "null"],
+            "propertyNames": {"pattern": HEADER_NAME_PATTERN},
+            "additionalProperties": scalar("The header's value; `{{...}}` placeholders expand inside it."),
+        })
+    }
+}
+
+impl JsonSchema for WebhookUrl {
+    fn schema_name() -> Cow<'static, str> {
+        "WebhookUrl".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "format": "uri",
+            "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://[^/?#]",
+            "description": "An http or https URL with a host, e.g. http://127.0.0.1:5678/webhook/restart.",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::compile;
+    use super::super::parse_duration;
+    use super::*;
+
+    /// Whether the daemon loads `yaml`, and whether the schema accepts it, for every sample:
+    /// the two must agree.
+    #[test]
+    fn the_schema_accepts_what_the_parser_accepts() {
+        let schema: serde_json::Value = serde_json::from_str(&reflex_map_schema()).unwrap();
+        let validator = jsonschema::draft202012::new(&schema).expect("a valid schema");
+        let head = "workflows:\n  w: {}\n";
+        let samples: &[(&str, bool)] = &[
+            ("reflexes: {a: w}\nworkflows: {w: {}}", true),
+            ("workflows:\nreflexes:\nanomalies:\n", true),
+            ("defaults:\nreflexes: {a: w}\n", true),
+            ("defaults: {cooldown: 0}\nreflexes: {a: w}\n", true),
+            ("defaults: {cooldown: 1h 30m}\nreflexes: {a: w}\n", true),
+            ("defaults: {cooldown: 5}\nreflexes: {a: w}\n", false),
+            ("defaults: {cooldown: soon}\nreflexes: {a: w}\n", false),
+            ("defaults: {cool: 5m}\nreflexes: {a: w}\n", false),
+            ("reflexes: {a: w}\nextra: 1\n", false),
+            ("reflexes: {a: {workflow: w, params: {unit: nginx, n: 5}, cooldown: 5m}}", true),
+            ("reflexes: {a: {workflow: w, cooldown: 5m, later: 1}}", false),
+            ("reflexes:\n  a:\n    workflow: w\n    params:\n    cooldown:\n", true),
+            ("reflexes: {a: {params: {}}}", false),
+            ("reflexes: {a: [w]}", false),
+            ("reflexes: {a: w}\nworkflows: {w: {max_concurrent: 2, breaker: {failures: 3, within: 10m}}}", true),
+            ("reflexes: {a: w}\nworkflows: {w: {max_concurrent: 0}}", false),
+            ("reflexes: {a: w}\nworkflows: {w: {breaker: {failures: 3}}}", false),
+            ("reflexes: {a: w}\nworkflows: {w: {exec: {command: [sleep, 5, true]}}}", true),
+            ("reflexes: {a: w}\nworkflows: {w: {exec: {command: [], timeout: 5s}}}", false),
+            ("reflexes: {a: w}\nworkflows: {w: {exec: {command: sleep}}}", false),
+            ("reflexes: {a: w}\nworkflows: {w: {exec: {timeout: 5s}}}", false),
+            ("reflexes: {a: w}\nworkflows: {w: {webhook: {url: \"http://h/x\", retries: 1, timeout: 2s, headers: {X-N: 5, X-A: \"{{anomaly}}\"}}}}", true),
+            ("reflexes: {a: w}\nworkflows:\n  w:\n    webhook:\n      url: http://h/x\n      headers:\n", true),
+            ("reflexes: {a: w}\nworkflows: {w: {webhook: {url: \"http://h/x\", headers: {\"X Y\": 1}}}}", false),
+            ("reflexes: {a: w}\nworkflows: {w: {webhook: {url: \"ftp://h/x\"}}}", false),
+            ("reflexes: {a: w}\nworkflows: {w: {webhook: {url: \"http://h/x\", retries: -1}}}", false),
+            ("reflexes: {a: w}\nworkflows: {w: {webhook: {url: \"http://h/x\"}, exec: {command: [x]}}}", false),
+            ("anomalies:\n  - {name: a.b, workflow: w, params: {x: 1}}\n  - {name: c, workflow: w}\n", true),
+            ("anomalies:\n  - name: a.b\n    workflow: w\n    params:\n", true),
+            ("anomalies:\n  - {name: a.b}\n", false),
+            ("anomalies:\n  - {name: a.b, workflow: w, cooldown: 5m}\n", false),
+        ];
+        for (yaml, loads) in samples {
+            let yaml = if yaml.contains("workflows:") || yaml.starts_with("anomalies") {
+                yaml.to_string()
+            } else {
+                format!("{head}{yaml}")
+            };
+            let parsed = compile(std::path::Path::new("m.yml"), &yaml);
+            assert_eq!(parsed.is_ok(), *loads, "the daemon on {yaml:?}: {parsed:?}");
+            let value: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+            let errors: Vec<String> = validator
+                .iter_errors(&value)
+                .map(|e| e.to_string())
+                .collect();
+            assert_eq!(
+                errors.is_empty(),
+                *loads,
+                "the schema on {yaml:?}: {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_duration_pattern_accepts_what_parse_duration_accepts() {
+        let pattern = regex::Regex::new(DURATION_PATTERN).unwrap();
+        for text in [
+            "0",
+            "0s",
+            "500ms",
+            "30s",
+            "5m",
+            "1h",
+            "1h30m",
+            "1h 30m",
+            "5 minutes",
+            "1.5s",
+            "2days",
+            "1week",
+            "10µs",
+            " 5m ",
+            "3M",
+            "1y",
+        ] {
+            assert!(parse_duration(text).is_ok(), "{text}");
+            assert!(pattern.is_match(text), "{text}");
+        }
+        for text in [
+            "",
+            "5",
+            "5x",
+            "-1s",
+            "s",
+            "1.s",
+            "five minutes",
+            "1h,30m",
+            "0.5",
+        ] {
+            assert!(parse_duration(text).is_err(), "{text}");
+            assert!(!pattern.is_match(text), "{text}");
+        }
+    }
+
+    #[test]
+    fn the_header_name_pattern_agrees_with_header_name() {
+        let pattern = regex::Regex::new(HEADER_NAME_PATTERN).unwrap();
+        for name in [
+            "X-AutoHealer-Anomaly",
+            "authorization",
+            "x_y",
+            "A1!#$%&'*+.^`|~",
+        ] {
+            assert!(hyper::header::HeaderName::from_bytes(name.as_bytes()).is_ok());
+            assert!(pattern.is_match(name), "{name}");
+        }
+        for name in ["", "X Y", "X:Y", "é", "a\"b", "(x)"] {
+            assert!(hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err());
+            assert!(!pattern.is_match(name), "{name}");
+        }
+    }
+}
