@@ -16,7 +16,7 @@
 //!   history of recent actions.
 //! - `reload`: the `Reloader`, sole writer of the map handle, and the file watcher.
 //! - `http`: the API — accept loop, connection slots, routes, Alertmanager's webhook.
-//! - `cli`: the command line, and the `check` and `send` subcommands.
+//! - `cli`: the command line: `check`, `send`, `explain`, `schema`, `completions`, `man`.
 //! - `app`: the daemon's life — startup order, signals, shutdown order.
 //!
 //! The binary (`main.rs`) only parses the command line and maps errors to exit codes; the library

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use autohealer::cli::{self, check, completions, man, schema, send};
+use autohealer::cli::{self, check, completions, explain, man, schema, send};
 use autohealer::host::systemd;
 use autohealer::{app, log};
 
@@ -53,6 +53,11 @@ fn main() -> ExitCode {
                 eprintln!("autohealer: {err:#}");
                 ExitCode::FAILURE
             }
+        },
+        cli::Command::Explain(args) => match explain::run(&args) {
+            explain::Verdict::Matched => ExitCode::SUCCESS,
+            explain::Verdict::Unmatched => ExitCode::FAILURE,
+            explain::Verdict::Usage => ExitCode::from(2),
         },
         cli::Command::Schema => print(schema::text().as_bytes()),
         cli::Command::Completions(args) => print(&completions::script(args.shell)),

@@ -8,6 +8,7 @@ mod alertmanager_real;
 mod cli;
 mod completions;
 mod exec_hardening;
+mod explain;
 mod fault_injection;
 mod http_api;
 mod log_records;

@@ -1,5 +1,5 @@
 //! The command line (SPEC §1, §10): `run` (the default), `check`, `send`, and the tools for the
-//! people who edit the map (`schema`, `completions`, `man`), each subcommand's work in a file of its own.
+//! people who edit the map (`explain`, `schema`, `completions`, `man`), each subcommand's work in a file of its own.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,6 +7,7 @@ use std::time::Duration;
 
 pub mod check;
 pub mod completions;
+pub mod explain;
 pub mod man;
 pub mod schema;
 pub mod send;
@@ -24,10 +25,11 @@ pub struct Cli {
 }
 
 /// Words that name a subcommand or ask clap for help, so `run` is not put in front of them.
-const NOT_RUN: [&str; 12] = [
+const NOT_RUN: [&str; 13] = [
     "run",
     "check",
     "send",
+    "explain",
     "schema",
     "completions",
     "man",
@@ -73,6 +75,10 @@ pub enum Command {
     /// Post an anomaly to a running daemon (for shell monitors and cron); exit 0 when the daemon
     /// accepted it, 1 when it rejected it or could not be reached.
     Send(SendArgs),
+    /// Show, offline, what the map on disk would do with an anomaly: the reflex that matches
+    /// and why, the rails that apply, and the exact argv or webhook request; exit 0 when a
+    /// reflex matches, 1 when none does or the map is invalid.
+    Explain(ExplainArgs),
     /// Print the JSON Schema (draft 2020-12) of reflex_map.yml, for editors and linters.
     Schema,
     /// Print a shell completion script: `source <(autohealer completions bash)`.
@@ -154,6 +160,28 @@ pub struct SendArgs {
     /// Send `Authorization: Bearer <token>`, with the token read from FILE (whitespace trimmed).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+}
+
+/// Options of `explain`.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The anomaly's name, e.g. nginx.web1.down.
+    pub name: String,
+    /// Details of the anomaly, as for `send`: a VALUE that parses as JSON is that JSON, any
+    /// other VALUE a string.
+    #[arg(value_name = "KEY=VALUE", value_parser = send::parse_detail)]
+    pub details: Vec<(String, serde_json::Value)>,
+    /// The reflex map to consult.
+    #[arg(
+        short,
+        long,
+        env = "AUTOHEALER_CONFIG",
+        default_value = "reflex_map.yml"
+    )]
+    pub config: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `completions`.
