@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use autohealer::cli::{self, check, completions, explain, man, schema, send};
-use autohealer::host::systemd;
+use autohealer::host::{journald, systemd};
 use autohealer::{app, log};
 
 /// Exit code for a missing or invalid config at startup (sysexits' EX_CONFIG).
@@ -17,20 +17,33 @@ fn main() -> ExitCode {
         cli::Command::Run(args) => {
             // SAFETY: no thread exists yet (the log drain starts its own just below).
             let host = unsafe { systemd::HostEnv::take() };
-            let (log, guard) =
-                match log::init(args.log_format, args.log_level, args.audit_log.as_deref()) {
-                    Ok(logging) => logging,
-                    Err(err) => {
-                        eprintln!("autohealer: cannot run: {err}");
-                        return ExitCode::FAILURE;
-                    }
-                };
+            // Under systemd, stderr is the journal: every line, the last words below included,
+            // carries its priority, so `journalctl -p err` shows why the daemon stopped.
+            let journal = journald::stderr_is_journal();
+            let error_prefix = if journal {
+                String::from_utf8_lossy(log::journal::priority_prefix(slog::Level::Error))
+            } else {
+                "".into()
+            };
+            let logging = log::init(
+                args.log_format,
+                args.log_level,
+                args.audit_log.as_deref(),
+                journal,
+            );
+            let (log, guard) = match logging {
+                Ok(logging) => logging,
+                Err(err) => {
+                    eprintln!("{error_prefix}autohealer: cannot run: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let result = app::run(args, log, host);
             drop(guard); // flush every record before the last words
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
-                    eprintln!("autohealer: cannot run: {err}");
+                    eprintln!("{error_prefix}autohealer: cannot run: {err}");
                     match err {
                         app::AppError::Config(_) | app::AppError::Token(_) => {
                             ExitCode::from(EXIT_CONFIG)

@@ -11,6 +11,7 @@ mod exec_hardening;
 mod explain;
 mod fault_injection;
 mod http_api;
+mod journald;
 mod log_records;
 mod metrics;
 mod reload;

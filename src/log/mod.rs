@@ -5,7 +5,8 @@
 //! it and written in batches by `log_queue`'s thread, which filters by level itself. Term:
 //! slog-async, which blocks rather than drops, with the level filter in front of it so filtered
 //! records never cross its channel. With `--audit-log`, healing-action records are also
-//! appended to a file as JSON lines.
+//! appended to a file as JSON lines. Under the journal, `journal` prefixes each stderr line
+//! with its priority.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IsTerminal, Write};
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use slog::{o, Drain, Logger};
 
+pub mod journal;
 pub mod json;
 mod queue;
 pub mod records;
@@ -42,10 +44,12 @@ pub enum LogGuard {
 type BoxedDrain = Box<dyn Drain<Ok = (), Err = slog::Never> + Send>;
 
 /// Builds the daemon's root logger. `format` defaults to term on a terminal and JSON otherwise.
+/// `journal`: stderr is the journal, so each line there starts with its priority (`journal`).
 pub fn init(
     format: Option<LogFormat>,
     level: slog::Level,
     audit_log: Option<&Path>,
+    journal: bool,
 ) -> io::Result<(Logger, LogGuard)> {
     let format = format.unwrap_or(if io::stderr().is_terminal() {
         LogFormat::Term
@@ -57,10 +61,14 @@ pub fn init(
         // The daemon's usual case (journald, files): formatted in place, written in batches.
         LogFormat::Json => {
             let (drain, guard) = queue::start(io::stderr(), level, audit)?;
+            let drain = drain.prioritized(journal);
             (Logger::root(drain, o!()), LogGuard::Queue(guard))
         }
         LogFormat::Term => {
-            let decorator = slog_term::TermDecorator::new().stderr().build();
+            let decorator = journal::Prioritized {
+                inner: slog_term::TermDecorator::new().stderr().build(),
+                prioritized: journal,
+            };
             let stderr = slog::LevelFilter::new(
                 slog_term::FullFormat::new(decorator).build().ignore_res(),
                 level,

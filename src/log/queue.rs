@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use slog::Drain;
 
-use super::{json, records};
+use super::{journal, json, records};
 
 /// Bytes a batch holds before a logging thread blocks until the log thread has taken it.
 const BATCH_LIMIT_BYTES: usize = 4 * 1024 * 1024;
@@ -107,6 +107,8 @@ pub struct QueuedJson {
     stderr_level: slog::Level,
     /// Whether healing-action records (`records::is_audit`) are also written to the audit log.
     audit: bool,
+    /// stderr is the journal: each stderr line starts with its priority (`journal`).
+    prioritized: bool,
 }
 
 /// Flushes the batch when dropped: every record logged before is written.
@@ -162,8 +164,17 @@ where
         shared: shared.clone(),
         stderr_level,
         audit: has_audit,
+        prioritized: false,
     };
     Ok((drain, QueueGuard { shared }))
+}
+
+impl QueuedJson {
+    /// Starts each stderr line with its priority when `prioritized` (stderr is the journal).
+    pub fn prioritized(mut self, prioritized: bool) -> QueuedJson {
+        self.prioritized = prioritized;
+        self
+    }
 }
 
 impl Drain for QueuedJson {
@@ -176,6 +187,11 @@ impl Drain for QueuedJson {
         }
         let to_stderr = record.level().is_at_least(self.stderr_level);
         let to_audit = self.audit && records::is_audit(record);
+        let prefix: &[u8] = if self.prioritized {
+            journal::priority_prefix(record.level())
+        } else {
+            b""
+        };
         json::with_line(record, values, |line| {
             let mut batch = self.shared.lock();
             while batch.bytes() >= BATCH_LIMIT_BYTES && !batch.stopped {
@@ -186,11 +202,12 @@ impl Drain for QueuedJson {
                 // the record (the audit file went with the thread).
                 drop(batch);
                 if to_stderr {
-                    let _ = io::stderr().write_all(line);
+                    let _ = io::stderr().write_all(&[prefix, line].concat());
                 }
                 return;
             }
             if to_stderr {
+                batch.stderr.extend_from_slice(prefix);
                 batch.stderr.extend_from_slice(line);
             }
             if to_audit {
