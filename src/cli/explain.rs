@@ -34,13 +34,13 @@ pub enum Verdict {
     Usage,
 }
 
-/// Explains the anomaly in `args` against the map in `args.config`, on stdout.
+/// Explains the anomaly in `args` against the map in `args.map.config`, on stdout.
 pub fn run(args: &ExplainArgs) -> Verdict {
     if let Err(why) = validate_name(&args.name) {
         eprintln!("autohealer: invalid anomaly name {:?}: {why}", args.name);
         return Verdict::Usage;
     }
-    let loaded = match map::load(&args.config, 1) {
+    let loaded = match map::load(&args.map.config, 1) {
         Ok(loaded) => loaded,
         Err(map::LoadError::Invalid(errors)) => {
             for error in &errors.0 {
@@ -54,7 +54,7 @@ pub fn run(args: &ExplainArgs) -> Verdict {
         }
     };
     let details: JsonObject = args.details.iter().cloned().collect();
-    let explanation = explain(&args.config, &loaded, &args.name, details);
+    let explanation = explain(&args.map.config, &loaded, &args.name, details);
     let text = if args.json {
         // Strings, numbers and JSON values only: serializing cannot fail.
         let mut json = serde_json::to_string(&explanation).unwrap_or_default();

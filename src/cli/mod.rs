@@ -87,17 +87,25 @@ pub enum Command {
     Man(ManArgs),
 }
 
-/// Options of the daemon.
+/// `-c, --config FILE`: the reflex map `run` loads and watches, and `explain` consults.
 #[derive(Debug, Clone, Args)]
-pub struct RunArgs {
-    /// The reflex map to load and watch.
+pub struct MapArg {
+    /// The reflex map.
     #[arg(
         short,
         long,
+        value_name = "FILE",
         env = "AUTOHEALER_CONFIG",
         default_value = "reflex_map.yml"
     )]
     pub config: PathBuf,
+}
+
+/// Options of the daemon.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub map: MapArg,
     /// Address to listen on.
     #[arg(
         short,
@@ -171,14 +179,8 @@ pub struct ExplainArgs {
     /// other VALUE a string.
     #[arg(value_name = "KEY=VALUE", value_parser = send::parse_detail)]
     pub details: Vec<(String, serde_json::Value)>,
-    /// The reflex map to consult.
-    #[arg(
-        short,
-        long,
-        env = "AUTOHEALER_CONFIG",
-        default_value = "reflex_map.yml"
-    )]
-    pub config: PathBuf,
+    #[command(flatten)]
+    pub map: MapArg,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -235,7 +237,7 @@ mod tests {
         let cli = parse(["autohealer", "--config", "x.yml", "--dry-run"]).unwrap();
         match cli.into_command() {
             Command::Run(args) => {
-                assert_eq!(args.config, PathBuf::from("x.yml"));
+                assert_eq!(args.map.config, PathBuf::from("x.yml"));
                 assert!(args.dry_run);
                 assert_eq!(args.shutdown_timeout, Duration::from_secs(30));
                 // SPEC §6: a client has 10 s to send its header.
