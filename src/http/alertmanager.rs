@@ -5,7 +5,8 @@
 //! notification, so `AlertReceiver` remembers which alerts (by `fingerprint` and `startsAt`) it
 //! has acted on and answers `duplicate` for the rest. The memory lives in the server's state,
 //! outside the reflex map, so a reload does not forget it; it is bounded, least recently seen
-//! first out.
+//! first out. A `resolved` alert runs nothing, but heals the actions still waiting for their
+//! verdict on it (SPEC §9 "Verification").
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -208,6 +209,8 @@ impl AlertReceiver {
         };
         if alert.status == AlertStatus::Resolved {
             records::alert_resolved(log, &name, &alert.fingerprint, &alert.starts_at);
+            // Nothing runs, but an action waiting for its verdict on this alert is healed.
+            dispatcher.resolved(&name, || alert.details());
             return AlertResult::Resolved { anomaly: name };
         }
         let key = (alert.fingerprint.clone(), alert.starts_at.clone());

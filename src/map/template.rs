@@ -68,6 +68,26 @@ impl Template {
 
     /// Expands every placeholder; a missing key fails with a message naming it.
     pub fn expand(&self, context: &TemplateContext<'_>) -> Result<String, String> {
+        self.expand_with(context, false)
+    }
+
+    /// Expands every placeholder, a missing key as an empty string: for a `cooldown_key`, where
+    /// a missing field must mean more suppression, never a failed dispatch (SPEC §9).
+    pub fn expand_or_empty(&self, context: &TemplateContext<'_>) -> String {
+        // With `lenient`, a missing key is never an error.
+        self.expand_with(context, true).unwrap_or_default()
+    }
+
+    /// True when the template names `{{action_id}}`, which differs for every action.
+    pub fn uses_action_id(&self) -> bool {
+        self.parts.iter().any(|part| matches!(part, Part::ActionId))
+    }
+
+    fn expand_with(&self, context: &TemplateContext<'_>, lenient: bool) -> Result<String, String> {
+        let looked_up = |found: Result<String, String>| match found {
+            Err(_) if lenient => Ok(String::new()),
+            other => other,
+        };
         let mut out = String::with_capacity(self.source.len());
         for part in &self.parts {
             match part {
@@ -80,10 +100,14 @@ impl Template {
                         .hyphenated()
                         .encode_lower(&mut Uuid::encode_buffer()),
                 ),
-                Part::Details(path) => {
-                    out.push_str(&lookup(context.details.object(), path, "details")?)
+                Part::Details(path) => out.push_str(&looked_up(lookup(
+                    context.details.object(),
+                    path,
+                    "details",
+                ))?),
+                Part::Params(path) => {
+                    out.push_str(&looked_up(lookup(context.params, path, "params"))?)
                 }
-                Part::Params(path) => out.push_str(&lookup(context.params, path, "params")?),
             }
         }
         Ok(out)
@@ -221,6 +245,25 @@ mod tests {
             expand("{{params.deep.y}}", json!({})).unwrap_err(),
             "template key `params.deep.y` is missing"
         );
+    }
+
+    #[test]
+    fn a_key_expands_missing_fields_to_nothing() {
+        let details = Details::from_object(object(json!({"mount": "/var"})));
+        let params = JsonObject::new();
+        let context = TemplateContext {
+            anomaly: "disk.sda.full",
+            workflow: "clean",
+            action_id: Uuid::nil(),
+            details: &details,
+            params: &params,
+        };
+        let key = |text: &str| Template::parse(text).unwrap().expand_or_empty(&context);
+        assert_eq!(key("{{details.mount}}"), "/var");
+        assert_eq!(key("{{anomaly}}@{{details.host}}"), "disk.sda.full@");
+        assert_eq!(key("{{params.unit}}"), "");
+        assert!(Template::parse("x{{action_id}}").unwrap().uses_action_id());
+        assert!(!Template::parse("{{anomaly}}").unwrap().uses_action_id());
     }
 
     #[test]
