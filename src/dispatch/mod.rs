@@ -255,6 +255,58 @@ mod tests {
         assert_eq!(dispatcher.history().newest(10).len(), 1);
     }
 
+    /// A dispatcher on `text`, logging nowhere.
+    fn dispatcher_on(dir: &tempfile::TempDir, text: &str) -> Dispatcher {
+        let path = dir.path().join("map.yml");
+        std::fs::write(&path, text).unwrap();
+        let loaded = crate::map::load(&path, 1).unwrap();
+        let map = Arc::new(arc_swap::ArcSwap::from_pointee(loaded));
+        let log = Logger::root(slog::Discard, slog::o!());
+        Dispatcher::new(
+            map,
+            log,
+            TaskTracker::new(),
+            CancellationToken::new(),
+            false,
+        )
+    }
+
+    fn verdict(dispatcher: &Dispatcher, action_id: Uuid) -> Option<&'static str> {
+        let entries = dispatcher.history().newest(HISTORY_CAPACITY);
+        entries.iter().find(|e| e.action_id == action_id)?.verdict
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_judges_a_quiet_window_exactly_when_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let dispatcher = dispatcher_on(
+            &dir,
+            "workflows: {page: {}}\nreflexes: {a: {workflow: page, verify: 10m}}\n",
+        );
+        let sweeper = dispatcher.spawn_sweeper();
+        let start = Instant::now();
+        let anomaly = Anomaly::from_json(br#"{"name":"a"}"#).unwrap();
+        let DispatchOutcome::Dispatched { action_id, .. } =
+            dispatcher.dispatch(anomaly, Source::Http)
+        else {
+            panic!("dispatched");
+        };
+        assert_eq!(verdict(&dispatcher, action_id), Some("pending"));
+        let end = start + std::time::Duration::from_secs(600);
+        tokio::time::sleep_until(end - std::time::Duration::from_millis(1)).await;
+        assert_eq!(verdict(&dispatcher, action_id), Some("pending"));
+        tokio::time::sleep_until(end).await;
+        // The sweeper wakes at the same instant; let it run.
+        for _ in 0..10 {
+            if verdict(&dispatcher, action_id) == Some("healed") {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(verdict(&dispatcher, action_id), Some("healed"));
+        sweeper.abort();
+    }
+
     #[test]
     fn action_ids_are_version_7_and_sort_in_dispatch_order() {
         // A context of its own: the daemon's is shared with tests dispatching in parallel.
