@@ -213,3 +213,23 @@ fn invalid_conditions_are_map_errors_with_their_position() {
         Some("page")
     );
 }
+
+#[test]
+fn the_readmes_worked_example_is_a_valid_map() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let (_, after) = readme
+        .split_once("<!-- worked example: tests/autonomy/cases.rs checks this block -->\n```yaml\n")
+        .expect("the worked example's marker");
+    let (example, _) = after.split_once("```").expect("the end of the block");
+    let map = MapDir::new(example);
+    let path = map.path().display().to_string();
+    let (code, stdout, stderr) = run_cli(&["check", &path]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(
+            "2 reflexes (0 exact, 2 patterns), 3 workflows (1 log, 2 exec, 0 webhook); 3 cases (1 with when, 1 with cooldown_key, 1 with verify, 1 with escalate); budget 20 actions per 1m"
+        ),
+        "{stdout}"
+    );
+}
