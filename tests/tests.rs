@@ -5,6 +5,7 @@ mod util;
 mod actions;
 mod alertmanager;
 mod alertmanager_real;
+mod autonomy;
 mod cli;
 mod exec_hardening;
 mod fault_injection;

@@ -8,13 +8,14 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use indexmap::IndexMap;
-use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
+use super::conditions::When;
 use super::matcher::{self, Pattern};
 use super::{
-    Action, Breaker, ExecAction, HeaderTemplate, Template, WebhookAction, DEFAULT_EXEC_TIMEOUT,
-    DEFAULT_WEBHOOK_RETRIES, DEFAULT_WEBHOOK_TIMEOUT,
+    Action, Breaker, Budget, ExecAction, HeaderTemplate, Template, WebhookAction,
+    DEFAULT_EXEC_TIMEOUT, DEFAULT_WEBHOOK_RETRIES, DEFAULT_WEBHOOK_TIMEOUT, MAX_BUDGET_ACTIONS,
 };
 use crate::anomaly::{validate_name, JsonObject};
 
@@ -23,6 +24,8 @@ use crate::anomaly::{validate_name, JsonObject};
 pub(super) struct RawFile {
     #[serde(default)]
     pub(super) defaults: RawDefaults,
+    #[serde(default)]
+    pub(super) limits: RawLimits,
     /// `None` when the section is absent: the original format, where every workflow is log-only.
     /// An empty `workflows:` is `Some`: the file has opted in to declaring every workflow.
     #[serde(default, deserialize_with = "declared_section")]
@@ -44,6 +47,58 @@ fn declared_section<'de, D: Deserializer<'de>>(
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDefaults {
     pub(super) cooldown: Option<DurationValue>,
+}
+
+/// `limits:`: brakes across the whole map (SPEC §9 "Budget").
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub(super) actions: Option<Budget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    max: NonZeroU32,
+    within: DurationValue,
+}
+
+impl<'de> Deserialize<'de> for Budget {
+    // Checked inside the visitor, so the error has the mapping's own position.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BudgetVisitor;
+        impl<'de> Visitor<'de> for BudgetVisitor {
+            type Value = Budget;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping with `max` and `within`")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Budget, A::Error> {
+                let raw = RawBudget::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Budget::try_from(raw).map_err(de::Error::custom)
+            }
+        }
+        deserializer.deserialize_map(BudgetVisitor)
+    }
+}
+
+impl TryFrom<RawBudget> for Budget {
+    type Error = String;
+    fn try_from(raw: RawBudget) -> Result<Self, String> {
+        // The budget remembers one instant per action in its window: bounded by `max`.
+        if raw.max.get() > MAX_BUDGET_ACTIONS {
+            return Err(format!(
+                "`max` is {}; the limit is {MAX_BUDGET_ACTIONS} actions per window",
+                raw.max
+            ));
+        }
+        if raw.within.0.is_zero() {
+            return Err("`within` must be longer than 0s".into());
+        }
+        Ok(Budget {
+            max: raw.max.get(),
+            within: raw.within.0,
+        })
+    }
 }
 
 /// A workflow as written: its action, already checked, and its rails.
@@ -120,21 +175,85 @@ struct RawBreaker {
     within: DurationValue,
 }
 
-/// A reflex in either form: `name: workflow` or `name: {workflow, params, cooldown}`.
+/// A reflex as written: one case (`name: workflow` or `name: {workflow, ...}`), or a list of
+/// cases tried in order (SPEC §9 "Cases").
 #[derive(Debug)]
 pub(super) struct RawReflex {
+    pub(super) cases: Vec<RawCase>,
+    /// Written as a list, so `GET /reflexes` shows it as one.
+    pub(super) listed: bool,
+}
+
+/// One case: a workflow name, or a mapping with `workflow` and its options.
+#[derive(Debug)]
+pub(super) struct RawCase {
     pub(super) workflow: String,
     pub(super) params: JsonObject,
     pub(super) cooldown: Option<DurationValue>,
+    pub(super) cooldown_key: Option<KeyTemplate>,
+    pub(super) verify: Option<VerifyWindow>,
+    pub(super) escalate: Option<String>,
+    pub(super) when: Option<When>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawReflexLong {
+struct RawCaseLong {
     workflow: String,
     #[serde(default)]
     params: JsonObject,
     cooldown: Option<DurationValue>,
+    cooldown_key: Option<KeyTemplate>,
+    verify: Option<VerifyWindow>,
+    escalate: Option<String>,
+    when: Option<When>,
+}
+
+impl RawCase {
+    fn short(workflow: &str) -> RawCase {
+        RawCase {
+            workflow: workflow.to_string(),
+            params: JsonObject::new(),
+            cooldown: None,
+            cooldown_key: None,
+            verify: None,
+            escalate: None,
+            when: None,
+        }
+    }
+
+    fn long<'de, A: MapAccess<'de>>(map: A) -> Result<RawCase, A::Error> {
+        let long = RawCaseLong::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        Ok(RawCase {
+            workflow: long.workflow,
+            params: long.params,
+            cooldown: long.cooldown,
+            cooldown_key: long.cooldown_key,
+            verify: long.verify,
+            escalate: long.escalate,
+            when: long.when,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for RawCase {
+    // A visitor rather than `untagged`, whose errors do not say what was wrong.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CaseVisitor;
+        impl<'de> Visitor<'de> for CaseVisitor {
+            type Value = RawCase;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a workflow name, or a mapping with `workflow` and optional `when`, `params`, `cooldown`, `cooldown_key`, `verify` and `escalate`")
+            }
+            fn visit_str<E: de::Error>(self, workflow: &str) -> Result<RawCase, E> {
+                Ok(RawCase::short(workflow))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawCase, A::Error> {
+                RawCase::long(map)
+            }
+        }
+        deserializer.deserialize_any(CaseVisitor)
+    }
 }
 
 impl<'de> Deserialize<'de> for RawReflex {
@@ -144,25 +263,104 @@ impl<'de> Deserialize<'de> for RawReflex {
         impl<'de> Visitor<'de> for ReflexVisitor {
             type Value = RawReflex;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a workflow name, or a mapping with `workflow` and optional `params` and `cooldown`")
+                f.write_str("a workflow name, a mapping with `workflow` and optional `when`, `params`, `cooldown`, `cooldown_key`, `verify` and `escalate`, or a list of such cases")
             }
             fn visit_str<E: de::Error>(self, workflow: &str) -> Result<RawReflex, E> {
                 Ok(RawReflex {
-                    workflow: workflow.to_string(),
-                    params: JsonObject::new(),
-                    cooldown: None,
+                    cases: vec![RawCase::short(workflow)],
+                    listed: false,
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawReflex, A::Error> {
-                let long = RawReflexLong::deserialize(de::value::MapAccessDeserializer::new(map))?;
                 Ok(RawReflex {
-                    workflow: long.workflow,
-                    params: long.params,
-                    cooldown: long.cooldown,
+                    cases: vec![RawCase::long(map)?],
+                    listed: false,
+                })
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawReflex, A::Error> {
+                let mut cases = Vec::new();
+                while let Some(case) = seq.next_element()? {
+                    cases.push(case);
+                }
+                if cases.is_empty() {
+                    return Err(de::Error::custom(
+                        "the list of cases is empty: give at least one workflow",
+                    ));
+                }
+                Ok(RawReflex {
+                    cases,
+                    listed: true,
                 })
             }
         }
         deserializer.deserialize_any(ReflexVisitor)
+    }
+}
+
+/// Deserializes a string and checks it with `T::try_from` inside the visitor, so serde_yaml
+/// gives the error the string's own line and column (a `try_from` on the derive runs after the
+/// string is read, and the error takes the position of the mapping around it).
+pub(super) fn checked_str<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<String, Error = String>,
+{
+    struct CheckedVisitor<T>(PhantomData<T>);
+    impl<T: TryFrom<String, Error = String>> Visitor<'_> for CheckedVisitor<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<T, E> {
+            T::try_from(text.to_string()).map_err(E::custom)
+        }
+    }
+    deserializer.deserialize_str(CheckedVisitor(PhantomData))
+}
+
+/// A `cooldown_key`: a template of what a cooldown counts by.
+#[derive(Debug)]
+pub(super) struct KeyTemplate(pub(super) Template);
+
+impl<'de> Deserialize<'de> for KeyTemplate {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        checked_str(deserializer)
+    }
+}
+
+impl TryFrom<String> for KeyTemplate {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        let template = Template::parse(&text)?;
+        if template.uses_action_id() {
+            return Err(format!(
+                "`cooldown_key` `{text}` uses {{{{action_id}}}}, which differs for every action, so nothing would ever cool down"
+            ));
+        }
+        Ok(KeyTemplate(template))
+    }
+}
+
+/// A `verify` window: a duration longer than zero.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct VerifyWindow(pub(super) Duration);
+
+impl<'de> Deserialize<'de> for VerifyWindow {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        checked_str(deserializer)
+    }
+}
+
+impl TryFrom<String> for VerifyWindow {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        let duration = parse_duration(&text)?;
+        if duration.is_zero() {
+            return Err(format!(
+                "`verify: {text}` would judge every action healed at once: give a window longer than 0s, or leave `verify` out"
+            ));
+        }
+        Ok(VerifyWindow(duration))
     }
 }
 
