@@ -122,9 +122,11 @@ impl Reloader {
     /// One reload pass, whatever triggered it: the map, then the token, told to systemd.
     pub fn reload(&mut self, trigger: Trigger) -> ReloadOutcome {
         self.notifier.reloading();
-        self.follow_link();
+        self.follow_names();
         let file = MapFile::read(&self.path);
-        self.pass(trigger, file)
+        let outcome = self.pass(trigger, file);
+        self.follow_dirs();
+        outcome
     }
 
     /// The rest of a pass, on the file as read: the map, then the token, told to systemd.
@@ -147,7 +149,13 @@ impl Reloader {
     /// save that changed nothing (a chmod, a touch, the same bytes) costs a read and a digest,
     /// and tells systemd nothing.
     fn look(&mut self) {
-        self.follow_link();
+        self.look_at_file();
+        self.follow_dirs();
+    }
+
+    /// `look` without re-arming the watch.
+    fn look_at_file(&mut self) {
+        self.follow_names();
         let file = MapFile::read(&self.path);
         let settled = self.rejected_digest.is_none() && !self.missing_reported;
         let unchanged = file
@@ -270,7 +278,7 @@ impl Reloader {
                     watch.forget(&dir);
                 }
                 // Watch what is at the paths now; the file may have gone with the directory.
-                self.follow_link();
+                self.follow_dirs();
                 saves.saw(FileEvent::Removed, Instant::now());
             }
             ReloadMessage::WatchFailed(error) => {
@@ -318,17 +326,24 @@ impl Reloader {
         Ok(())
     }
 
-    /// Keeps the watch on what the path reads now: a symlink may have been re-pointed, and its
-    /// target's name and directory are followed from then on.
-    fn follow_link(&mut self) {
-        let Some(watch) = self.watch.as_ref() else {
-            return;
-        };
-        watch.set_names(watched_names(&self.path));
-        let wanted = watch_dirs(&self.path);
-        if watch.dirs() != wanted {
-            // A failure is reported and retried by `arm`.
-            let _ = self.arm();
+    /// Follows a re-pointed symlink's names: events about its new target count from now on.
+    fn follow_names(&self) {
+        if let Some(watch) = self.watch.as_ref() {
+            watch.set_names(watched_names(&self.path));
+        }
+    }
+
+    /// Follows a re-pointed symlink's directories. Called after the map is in force, since
+    /// re-arming waits on the watcher's thread (twice per directory swapped); an edit made in
+    /// the new directory before its watch existed is caught by one more look.
+    fn follow_dirs(&mut self) {
+        let moved = self
+            .watch
+            .as_ref()
+            .is_some_and(|watch| watch.dirs() != watch_dirs(&self.path));
+        // A failure is reported and retried by `arm`.
+        if moved && self.arm().is_ok() {
+            self.look_at_file();
         }
     }
 
@@ -354,9 +369,7 @@ impl Reloader {
     /// Another try at watching the config's directory; once it is back, one look at the file
     /// (it may have been written before the watch existed).
     fn rearm(&mut self) {
-        if let Some(watch) = self.watch.as_ref() {
-            watch.set_names(watched_names(&self.path));
-        }
+        self.follow_names();
         if self.arm().is_ok() {
             self.look();
         }
