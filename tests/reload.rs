@@ -163,19 +163,24 @@ fn open_truncated(path: &Path) -> File {
         .unwrap()
 }
 
+/// Writes the first half of `two_reflexes("two")` into `file` (a valid map of its own), checks
+/// through a pause that the daemon on `map_to("one")` keeps its map, then writes the rest, closes
+/// the file and checks that the whole is generation 2.
+fn save_with_a_pause(daemon: &Daemon, mut file: File) {
+    let (half, rest) = two_reflexes("two");
+    file.write_all(half.as_bytes()).unwrap();
+    assert_kept_during_pause(daemon, 1, "one");
+    file.write_all(rest.as_bytes()).unwrap();
+    drop(file);
+    wait_for_workflow(daemon, "two");
+    assert_whole(daemon, 2);
+}
+
 #[test]
 fn an_in_place_save_that_pauses_mid_file_is_not_loaded_half_written() {
     let map = MapDir::new(&map_to("one"));
     let daemon = Daemon::start(&map.path(), &[]);
-    let (half, rest) = two_reflexes("two");
-    let mut file = open_truncated(&map.path());
-    file.write_all(half.as_bytes()).unwrap();
-    // The half is a valid map, and the file stays open: it is not loaded.
-    assert_kept_during_pause(&daemon, 1, "one");
-    file.write_all(rest.as_bytes()).unwrap();
-    drop(file);
-    wait_for_workflow(&daemon, "two");
-    assert_whole(&daemon, 2);
+    save_with_a_pause(&daemon, open_truncated(&map.path()));
     let loaded = daemon.wait_for_record("reflex map loaded", |r| r["trigger"] == "watch");
     assert_eq!(loaded["reflexes"], 2, "{loaded}");
     assert_eq!(daemon.records_with("reflex map loaded").len(), 2);
@@ -184,18 +189,11 @@ fn an_in_place_save_that_pauses_mid_file_is_not_loaded_half_written() {
 #[test]
 fn an_editor_that_moves_the_map_to_a_backup_first_is_loaded_once_written() {
     // emacs, and vim with `backupcopy=no`: rename the map to a backup, then write a new file.
+    // Neither the missing name nor the new, half-written file is taken for a save.
     let map = MapDir::new(&map_to("one"));
     let daemon = Daemon::start(&map.path(), &[]);
     std::fs::rename(map.path(), map.file("map.yml~")).unwrap();
-    let (half, rest) = two_reflexes("two");
-    let mut file = File::create(map.path()).unwrap();
-    file.write_all(half.as_bytes()).unwrap();
-    // Neither the missing name nor the new, half-written file is taken for a save.
-    assert_kept_during_pause(&daemon, 1, "one");
-    file.write_all(rest.as_bytes()).unwrap();
-    drop(file);
-    wait_for_workflow(&daemon, "two");
-    assert_whole(&daemon, 2);
+    save_with_a_pause(&daemon, File::create(map.path()).unwrap());
 }
 
 #[test]
