@@ -48,7 +48,8 @@ enum Style {
     /// Write a temp file beside it and rename it over the map, as vim, `sed -i` and editors do.
     Rename,
     /// The kubelet's ConfigMap update: `map.yml -> ..data/map.yml`, `..data -> ..vN`; a new
-    /// version directory, a `..data_tmp` link renamed over `..data`, the old version removed.
+    /// version directory, a `..data_tmp` link renamed over `..data`, the old version removed
+    /// (`MapSaver::tidy`).
     SymlinkSwap,
 }
 
@@ -117,17 +118,26 @@ impl MapSaver {
             }
             Style::Rename => replace_by_rename(&self.path(), content),
             Style::SymlinkSwap => {
-                let old = self.dir.join(format!("..v{}", self.version));
                 let new = self.new_version(content)?;
                 let tmp = self.dir.join("..data_tmp");
                 std::os::unix::fs::symlink(new, &tmp)?;
                 let started = Instant::now();
                 std::fs::rename(&tmp, self.dir.join("..data"))?;
-                std::fs::remove_dir_all(&old)
-                    .with_context(|| format!("cannot remove {}", old.display()))?;
                 Ok(started)
             }
         }
+    }
+
+    /// After a save was seen: removes the version a symlink swap replaced, as the kubelet does.
+    /// (Done once the save is measured, so that the harness's own work does not delay the
+    /// probe; the daemon sees the removal all the same.)
+    fn tidy(&self) -> Result<()> {
+        if let Style::SymlinkSwap = self.style {
+            let old = self.dir.join(format!("..v{}", self.version - 1));
+            std::fs::remove_dir_all(&old)
+                .with_context(|| format!("cannot remove {}", old.display()))?;
+        }
+        Ok(())
     }
 
     /// The map opened for an in-place save: truncated, and written through the returned file.
@@ -198,6 +208,7 @@ fn notify_floor(style: Style, dir: &Path, count: u64) -> Result<Vec<f64>> {
             .recv_timeout(SEEN_DEADLINE)
             .with_context(|| format!("notify reported no event for a save {}", style.label()))?;
         latencies.push(seen.saturating_duration_since(started).as_secs_f64() * 1e3);
+        saver.tidy()?;
         std::thread::sleep(GAP);
     }
     Ok(latencies)
@@ -261,6 +272,7 @@ fn daemon_latency(bench: &Bench, style: Style, dir: &Path, count: u64) -> Result
                 }
             }
         }
+        saver.tidy()?;
         std::thread::sleep(GAP);
     }
     if let Style::InPlace = style {
