@@ -5,8 +5,10 @@
 //! Sections (`BENCH_ONLY=throughput,reload,scale,micro` picks some):
 //! - throughput and memory: `POST /anomaly` to a log-only workflow with JSON logs written to a
 //!   file, against a bare hyper server (`reference.rs`); resident memory idle and under load.
-//! - reload: rename → first request that sees the new map, against an in-process notify
-//!   watcher's rename → event; then the map replaced every 10 ms under load.
+//! - reload (`reload.rs`): save → first request that sees the new map, in place, by rename and
+//!   by a ConfigMap's symlink swap, each against an in-process notify watcher's save → the
+//!   event that ends it; in-place saves paused mid-file; then the map replaced every 10 ms
+//!   under load.
 //! - scale: a map of 100,000 exact names and 1,000 patterns, its load time against a plain
 //!   YAML parse of the same file, and its dispatch rate against a one-reflex map.
 //! - micro: criterion's latest results, if `cargo bench --bench micro` ran first.
@@ -18,6 +20,7 @@ mod client;
 mod load;
 mod procs;
 mod reference;
+mod reload;
 mod report;
 
 #[path = "../support/mapgen.rs"]
@@ -27,7 +30,6 @@ use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -39,15 +41,6 @@ use report::{ms, ratio, Machine, Report, Verdict};
 
 /// Run this binary with this flag to get the reference server instead of the benchmark.
 const REFERENCE_FLAG: &str = "--reference-server";
-
-/// How long one reload may take to be seen before it counts as missed.
-const RELOAD_SEEN_DEADLINE: Duration = Duration::from_secs(2);
-
-/// Pause between two timed reloads, so that each gets its own debounce window.
-const RELOAD_GAP: Duration = Duration::from_millis(25);
-
-/// How often the map is replaced under load (SPEC §7).
-const REPLACE_EVERY: Duration = Duration::from_millis(10);
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -81,7 +74,7 @@ struct Settings {
     /// `BENCH_CONNECTIONS` and `BENCH_WRK_THREADS`.
     connections: usize,
     wrk_threads: usize,
-    /// `BENCH_RELOADS`: timed reloads.
+    /// `BENCH_RELOADS`: timed saves of each style (in place, rename, symlink swap).
     reloads: usize,
     /// `BENCH_RELOAD_LOAD_SECS`: length of the run with the map replaced every 10 ms.
     reload_load_secs: f64,
@@ -238,16 +231,6 @@ fn write_private(path: &Path, content: &str) -> Result<()> {
         .with_context(|| format!("cannot chmod {}", path.display()))
 }
 
-/// Writes a temp file beside `path` and renames it over `path`, as editors save.
-fn replace_by_rename(path: &Path, content: &str) -> Result<Instant> {
-    let tmp = path.with_extension("yml.tmp");
-    write_private(&tmp, content)?;
-    let renamed_at = Instant::now();
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename over {}", path.display()))?;
-    Ok(renamed_at)
-}
-
 fn run() -> Result<()> {
     let started = Instant::now();
     let load_at_start = report::load_average();
@@ -320,8 +303,8 @@ fn run() -> Result<()> {
     }
     if settings.wants("reload") {
         println!("reload");
-        reload_latency(&bench, &mut report)?;
-        reload_under_load(&bench, &mut report)?;
+        reload::latency(&bench, &mut report)?;
+        reload::under_load(&bench, &mut report)?;
     }
     if settings.wants("scale") {
         println!("scale");
@@ -655,222 +638,6 @@ fn throughput(bench: &Bench, report: &mut Report) -> Result<()> {
             last_run_bytes as f64 / (1024.0 * 1024.0),
         ));
     }
-    Ok(())
-}
-
-/// Rename → event latency of a bare notify watcher in this process: the floor under the
-/// daemon's reload latency (which adds its debounce window, the parse and a request).
-fn notify_floor(dir: &Path, count: usize) -> Result<Vec<f64>> {
-    use notify::{RecursiveMode, Watcher};
-    let path = dir.join("watched.yml");
-    write_private(&path, "a: 1\n")?;
-    let (tx, rx) = mpsc::channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            if event.paths.iter().any(|p| p.ends_with("watched.yml")) {
-                let _ = tx.send(Instant::now());
-            }
-        }
-    })
-    .context("cannot create a notify watcher")?;
-    watcher
-        .watch(dir, RecursiveMode::NonRecursive)
-        .context("cannot watch the scratch directory")?;
-    let mut latencies = Vec::with_capacity(count);
-    for serial in 0..count {
-        while rx.try_recv().is_ok() {}
-        let renamed_at = replace_by_rename(&path, &format!("a: {serial}\n"))?;
-        let seen = rx
-            .recv_timeout(RELOAD_SEEN_DEADLINE)
-            .context("notify reported no event for a rename")?;
-        latencies.push(seen.saturating_duration_since(renamed_at).as_secs_f64() * 1e3);
-        std::thread::sleep(RELOAD_GAP);
-    }
-    Ok(latencies)
-}
-
-fn reload_latency(bench: &Bench, report: &mut Report) -> Result<()> {
-    let count = bench.settings.reloads;
-    let watch_dir = bench.scratch.join("notify-floor");
-    std::fs::create_dir_all(&watch_dir)?;
-    let floor = notify_floor(&watch_dir, count)?;
-
-    let map_dir = bench.scratch.join("reload");
-    std::fs::create_dir_all(&map_dir)?;
-    let map = map_dir.join("map.yml");
-    write_private(&map, &mapgen::reload_map("wf_a", 0))?;
-    let daemon = bench.daemon(&map, "reload-latency")?;
-    let mut client = Client::new(daemon.addr);
-    let probe = mapgen::anomaly_body(mapgen::PROBE_NAME);
-    let mut latencies = Vec::with_capacity(count);
-    let mut missed = 0;
-    for serial in 1..=count as u64 {
-        let workflow = if serial % 2 == 1 { "wf_b" } else { "wf_a" };
-        let renamed_at = replace_by_rename(&map, &mapgen::reload_map(workflow, serial))?;
-        let seen = loop {
-            let answer = client.post_json("/anomaly", &probe)?.json()?;
-            if answer["workflow"] == workflow {
-                break Some(renamed_at.elapsed());
-            }
-            if renamed_at.elapsed() > RELOAD_SEEN_DEADLINE {
-                break None;
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        };
-        match seen {
-            Some(latency) => latencies.push(latency.as_secs_f64() * 1e3),
-            None => {
-                missed += 1;
-                // Put the daemon back in step before the next one.
-                let answer = client.post_json("/-/reload", "")?;
-                if answer.status != 200 {
-                    bail!("POST /-/reload failed: {} {}", answer.status, answer.body);
-                }
-            }
-        }
-        std::thread::sleep(RELOAD_GAP);
-    }
-    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
-    let (d_med, d_max) = (median(&mut latencies.clone()), max(&latencies));
-    // The floor: what any watcher with the daemon's debounce window would take.
-    let debounce_ms = autohealer::reload::DEBOUNCE_DELAY.as_secs_f64() * 1e3;
-    let (f_med, f_max) = (
-        median(&mut floor.clone()) + debounce_ms,
-        max(&floor) + debounce_ms,
-    );
-    let section = "reload";
-    report.row(
-        section,
-        format!(
-            "rename → first request that sees it, median of {}",
-            latencies.len()
-        ),
-        ms(d_med),
-        ms(f_med),
-        ratio(d_med, f_med),
-        "< 30 ms",
-        Verdict::of(d_med < 30.0 && !latencies.is_empty()),
-    );
-    report.row(
-        section,
-        "rename → first request that sees it, max",
-        ms(d_max),
-        ms(f_max),
-        ratio(d_max, f_max),
-        "< 100 ms",
-        Verdict::of(d_max < 100.0 && missed == 0),
-    );
-    report.row(
-        section,
-        format!("reloads not seen within {RELOAD_SEEN_DEADLINE:?}"),
-        format!("{missed} of {count}"),
-        "",
-        "",
-        "0",
-        Verdict::of(missed == 0),
-    );
-    report.note(format!(
-        "reload: the reference is a bare notify watcher in the benchmark process (rename → \
-         event, median {}) plus the daemon's {:?} debounce window; the daemon adds the read, \
-         the compile, the swap and the probe request",
-        ms(median(&mut floor.clone())),
-        autohealer::reload::DEBOUNCE_DELAY
-    ));
-    Ok(())
-}
-
-fn reload_under_load(bench: &Bench, report: &mut Report) -> Result<()> {
-    let secs = bench.settings.reload_load_secs;
-    let map_dir = bench.scratch.join("reload-load");
-    std::fs::create_dir_all(&map_dir)?;
-    let map = map_dir.join("map.yml");
-    write_private(&map, &mapgen::reload_map("wf_a", 0))?;
-    let daemon = bench.daemon(&map, "reload-under-load")?;
-    let probe = mapgen::anomaly_body(mapgen::PROBE_NAME);
-    expect_answer(&daemon, &probe, 202, "the daemon")?;
-
-    // The reference: the same daemon under the same load, with the map left alone.
-    let steady = bench
-        .wrk
-        .run(&daemon, "/anomaly", secs, "post.lua", &[probe.as_str()])?;
-
-    let mut wrk = bench
-        .wrk
-        .spawn(&daemon.url("/anomaly"), secs, "post.lua", &[probe.as_str()])?;
-    let mut renames = 0u64;
-    let mut next = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs_f64(secs) + Duration::from_secs(30);
-    while wrk.child.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            bail!("wrk did not finish while the map was being replaced");
-        }
-        renames += 1;
-        let workflow = if renames % 2 == 1 { "wf_b" } else { "wf_a" };
-        replace_by_rename(&map, &mapgen::reload_map(workflow, renames))?;
-        next += REPLACE_EVERY;
-        if let Some(wait) = next.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-    }
-    let under = load::finish(wrk)?;
-    let generation = Client::new(daemon.addr).get("/reflexes")?.json()?["generation"]
-        .as_u64()
-        .context("no generation in GET /reflexes")?;
-    let log = daemon.log.clone().context("no daemon log")?;
-    let log_text = std::fs::read_to_string(&log)?;
-    let rejected = log_text
-        .lines()
-        .filter(|l| l.contains("\"reflex map rejected\"") || l.contains("\"reflex map missing\""))
-        .count();
-
-    let section = "reload under load";
-    let failed = under.socket_errors() + under.status;
-    report.row(
-        section,
-        format!("failed requests, map replaced every {REPLACE_EVERY:?}"),
-        format!("{failed} of {}", under.requests),
-        format!(
-            "{} of {}",
-            steady.wrk.socket_errors() + steady.wrk.status,
-            steady.wrk.requests
-        ),
-        "",
-        "0",
-        Verdict::of(failed == 0),
-    );
-    report.row(
-        section,
-        "requests/s while the map is replaced",
-        format!("{:.0}", under.rps()),
-        format!("{:.0}", steady.wrk.rps()),
-        ratio(under.rps(), steady.wrk.rps()),
-        "",
-        Verdict::Info,
-    );
-    report.row(
-        section,
-        "replacements written / swaps done (generation)",
-        format!("{renames} / {}", generation.saturating_sub(1)),
-        "",
-        "",
-        "",
-        Verdict::Info,
-    );
-    report.row(
-        section,
-        "maps rejected or missing during replacement",
-        rejected.to_string(),
-        "",
-        "",
-        "0",
-        Verdict::of(rejected == 0),
-    );
-    report.note(format!(
-        "reload under load: the reference is the same daemon under the same wrk load for the \
-         same time with the map left alone; the {:?} debounce coalesces replacements, so swaps \
-         are fewer than writes",
-        autohealer::reload::DEBOUNCE_DELAY
-    ));
     Ok(())
 }
 
