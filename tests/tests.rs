@@ -7,6 +7,7 @@ mod alertmanager;
 mod alertmanager_real;
 mod cli;
 mod http_api;
+mod log_faults;
 mod log_records;
 mod metrics;
 mod reload;

@@ -1,5 +1,6 @@
 //! The log (SPEC §5): `records` (one function per record), the slog pipeline to stderr built
-//! here, `json` (the JSON line format), `queue` (the JSON path's log thread) and the audit file.
+//! here, `json` (the JSON line format), `queue` (the JSON path's log thread), `term` (the term
+//! format's escaping) and the audit file.
 //!
 //! The slog pipeline, to stderr. JSON: each record is formatted on the thread that logs
 //! it and written in batches by `log_queue`'s thread, which filters by level itself. Term:
@@ -17,6 +18,7 @@ use slog::{o, Drain, Logger};
 pub mod json;
 mod queue;
 pub mod records;
+mod term;
 
 use json::JsonLines;
 
@@ -60,7 +62,8 @@ pub fn init(
             (Logger::root(drain, o!()), LogGuard::Queue(guard))
         }
         LogFormat::Term => {
-            let decorator = slog_term::TermDecorator::new().stderr().build();
+            // Escaped, so no value can start a line of its own (SPEC §8).
+            let decorator = term::Escaping(slog_term::TermDecorator::new().stderr().build());
             let stderr = slog::LevelFilter::new(
                 slog_term::FullFormat::new(decorator).build().ignore_res(),
                 level,
