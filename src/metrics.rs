@@ -129,6 +129,7 @@ pub struct Metrics {
     config_last_reload_successful: Gauge,
     config_last_reload_success_timestamp: Gauge<f64, AtomicU64>,
     reflexes: Gauge,
+    audit_write_errors: Counter,
 }
 
 impl Metrics {
@@ -182,6 +183,12 @@ impl Metrics {
                 Gauge::default(),
             ),
             reflexes: register(r, "reflexes", "Reflexes in the map in force", Gauge::default()),
+            audit_write_errors: register(
+                r,
+                "audit_write_errors",
+                "Writes and syncs of the audit log that failed (disk full, I/O error); the records still reached stderr",
+                Counter::default(),
+            ),
             registry,
         };
 
@@ -315,6 +322,11 @@ impl Metrics {
         self.config_last_reload_successful.set(0);
     }
 
+    /// A write (or sync) of the audit log failed.
+    pub fn audit_write_failed(&self) {
+        self.audit_write_errors.inc();
+    }
+
     /// The metrics in the Prometheus text format.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut text = String::new();
@@ -368,6 +380,7 @@ mod tests {
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         metrics.map_loaded(4, at);
         metrics.map_rejected();
+        metrics.audit_write_failed();
         let text = metrics.encode().unwrap();
         let expected = [
             (
@@ -403,6 +416,7 @@ mod tests {
                 "1700000000.0",
             ),
             ("autohealer_reflexes", "4"),
+            ("autohealer_audit_write_errors_total", "1"),
         ];
         for (series, expected) in expected {
             assert_eq!(value(&text, series), expected, "{series}");

@@ -1,9 +1,56 @@
 //! The log under faults (SPEC §8): caller text cannot forge a term line, the audit log's disk
 //! fills and recovers, and stderr's reader goes away.
 
-use serde_json::json;
+use std::path::Path;
 
-use crate::util::{Daemon, MapDir};
+use serde_json::{json, Value};
+
+use crate::util::{wait_until, Daemon, MapDir};
+
+/// A map with one log-only workflow for anomaly `a`.
+const PAGE_MAP: &str = "workflows: {page: {}}\nreflexes: {a: page}\n";
+
+/// Posts anomaly `a`, which must be dispatched, and returns its action id.
+fn dispatch(daemon: &Daemon) -> String {
+    let response = daemon.post_anomaly(&json!({"name": "a"}));
+    assert_eq!(response.status, 202, "{}", response.body);
+    response.json()["action_id"].as_str().unwrap().to_string()
+}
+
+/// The JSON lines of the file at `path` (none if it does not exist).
+fn json_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// The healing-action messages in `lines` for `action_id`, in order.
+fn audited(lines: &[Value], action_id: &str) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|line| line["action_id"] == action_id)
+        .map(|line| line["msg"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The value of `autohealer_audit_write_errors_total`.
+fn audit_write_errors(daemon: &Daemon) -> u64 {
+    let text = daemon.get("/metrics").body;
+    text.lines()
+        .find_map(|line| line.strip_prefix("autohealer_audit_write_errors_total "))
+        .unwrap_or_else(|| panic!("no audit error counter in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// Points the symlink `link` at `target` in one step, as `ln -sfn` does.
+fn repoint(link: &Path, target: &Path) {
+    let new = link.with_extension("new");
+    std::os::unix::fs::symlink(target, &new).unwrap();
+    std::fs::rename(&new, link).unwrap();
+}
 
 /// A term line as slog-term writes it: local time, level, message.
 fn is_term_record(line: &str) -> bool {
@@ -33,7 +80,7 @@ fn term_lines_cannot_be_forged_by_output_or_alert_fields() {
     });
     let response = daemon.post_json("/alertmanager", &json!({"alerts": [alert]}));
     assert_eq!(response.status, 200, "{}", response.body);
-    crate::util::wait_until("the finished and resolved lines", || {
+    wait_until("the finished and resolved lines", || {
         let text = daemon.stderr();
         text.contains("healing action finished") && text.contains("alert resolved")
     });
@@ -53,4 +100,84 @@ fn term_lines_cannot_be_forged_by_output_or_alert_fields() {
         text.contains(r"starts_at: 2024-05-01T10:00:00Z\nDec 03 08:44:29.000 CRIT circuit opened"),
         "{text}"
     );
+}
+
+/// The stderr lines that hold `text`.
+fn lines_with(daemon: &Daemon, text: &str) -> Vec<String> {
+    daemon
+        .stderr()
+        .lines()
+        .filter(|line| line.contains(text))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The audit log's disk fills (its path a symlink to /dev/full, where every write fails with
+/// ENOSPC) and recovers (the symlink re-pointed at a file), with logs in `format`.
+fn audit_log_fills_and_recovers(format: &str) {
+    let map = MapDir::new(PAGE_MAP);
+    let link = map.file("audit.log");
+    std::os::unix::fs::symlink("/dev/full", &link).unwrap();
+    let daemon = Daemon::start_quiet(
+        &map.path(),
+        &[
+            "--log-format",
+            format,
+            "--audit-log",
+            link.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(audit_write_errors(&daemon), 0);
+    // Dispatch goes on, and each failed write is counted.
+    let first = dispatch(&daemon);
+    wait_until("a failed write", || audit_write_errors(&daemon) >= 1);
+    let counted = audit_write_errors(&daemon);
+    let second = dispatch(&daemon);
+    wait_until("another failed write", || {
+        audit_write_errors(&daemon) > counted
+    });
+    // Every record still reached stderr.
+    for id in [&first, &second] {
+        wait_until("both records of an action on stderr", || {
+            lines_with(&daemon, id).len() == 2
+        });
+    }
+    let failed = lines_with(&daemon, "audit log write failed");
+    assert_eq!(failed.len(), 1, "reported once per 10 s: {failed:?}");
+    assert!(failed[0].contains("ERRO"), "{}", failed[0]);
+    assert!(
+        failed[0].contains("No space left on device"),
+        "{}",
+        failed[0]
+    );
+
+    // Space again: the file at the path is opened anew, and the failure's end is reported.
+    let counted = audit_write_errors(&daemon);
+    let real = map.file("real.log");
+    repoint(&link, &real);
+    let third = dispatch(&daemon);
+    wait_until("the third action's records in the new file", || {
+        audited(&json_lines(&real), &third).len() == 2
+    });
+    assert_eq!(
+        audited(&json_lines(&real), &third),
+        ["healing action triggered", "healing action finished"]
+    );
+    wait_until("the recovery on stderr", || {
+        !lines_with(&daemon, "audit log recovered").is_empty()
+    });
+    let recovered = lines_with(&daemon, "audit log recovered");
+    assert!(recovered[0].contains("INFO"), "{}", recovered[0]);
+    assert_eq!(audit_write_errors(&daemon), counted);
+    assert_eq!(lines_with(&daemon, "audit log write failed").len(), 1);
+}
+
+#[test]
+fn audit_log_on_a_full_disk_fails_loudly_and_recovers_json() {
+    audit_log_fills_and_recovers("json");
+}
+
+#[test]
+fn audit_log_on_a_full_disk_fails_loudly_and_recovers_term() {
+    audit_log_fills_and_recovers("term");
 }
