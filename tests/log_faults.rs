@@ -1,11 +1,13 @@
 //! The log under faults (SPEC §8): caller text cannot forge a term line, the audit log's disk
 //! fills and recovers, and stderr's reader goes away.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 
+use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
-use crate::util::{wait_until, Daemon, MapDir};
+use crate::util::{daemon_command, send_raw, wait_until, Daemon, KillOnDrop, MapDir};
 
 /// A map with one log-only workflow for anomaly `a`.
 const PAGE_MAP: &str = "workflows: {page: {}}\nreflexes: {a: page}\n";
@@ -180,4 +182,100 @@ fn audit_log_on_a_full_disk_fails_loudly_and_recovers_json() {
 #[test]
 fn audit_log_on_a_full_disk_fails_loudly_and_recovers_term() {
     audit_log_fills_and_recovers("term");
+}
+
+/// The address in the `listening` record of either format.
+fn listening_addr(line: &str) -> Option<std::net::SocketAddr> {
+    if let Ok(record) = serde_json::from_str::<Value>(line) {
+        return (record["msg"] == "listening").then(|| record["addr"].as_str()?.parse().ok())?;
+    }
+    let (_, rest) = line.split_once(" listening, ")?;
+    let (_, addr) = rest.split_once("addr: ")?;
+    addr.split([',', ' ']).next()?.parse().ok()
+}
+
+/// The daemon keeps serving when its stderr's reader goes away, and the audit log still gets
+/// every healing-action record, with logs in `format`.
+fn serves_after_the_stderr_reader_is_gone(format: &str) {
+    let map = MapDir::new(PAGE_MAP);
+    let audit = map.file("audit.log");
+    let mut command = daemon_command(
+        &map.path(),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            format,
+            "--audit-log",
+            audit.to_str().unwrap(),
+        ],
+    );
+    let mut child = KillOnDrop(command.spawn().unwrap());
+    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "no `listening`");
+        if let Some(addr) = listening_addr(&line) {
+            break addr;
+        }
+    };
+    // The reader goes away: every write to stderr now fails with EPIPE.
+    drop(stderr);
+    let post = |body: &str| {
+        send_raw(
+            addr,
+            &crate::util::request_bytes(
+                "POST",
+                "/anomaly",
+                &[("Content-Type", "application/json")],
+                body.as_bytes(),
+            ),
+        )
+        .unwrap()
+    };
+    // Enough records to fill a pipe many times over.
+    let mut ids = Vec::new();
+    for _ in 0..300 {
+        let response = post(r#"{"name":"a"}"#);
+        assert_eq!(response.status, 202, "{}", response.body);
+        ids.push(response.json()["action_id"].as_str().unwrap().to_string());
+        assert_eq!(post(r#"{"name":"unmatched"}"#).status, 200);
+    }
+    let health = send_raw(
+        addr,
+        &crate::util::request_bytes("GET", "/healthz", &[], b""),
+    )
+    .unwrap();
+    assert_eq!(health.status, 200);
+    assert!(child.0.try_wait().unwrap().is_none(), "the daemon exited");
+    wait_until("every record in the audit log", || {
+        json_lines(&audit).len() == 2 * ids.len()
+    });
+    let lines = json_lines(&audit);
+    for id in &ids {
+        assert_eq!(
+            audited(&lines, id),
+            ["healing action triggered", "healing action finished"]
+        );
+    }
+    // And it still stops cleanly.
+    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
+    nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
+    let mut status = None;
+    wait_until("the daemon to exit", || {
+        status = child.0.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(status.unwrap().success(), "{status:?}");
+}
+
+#[test]
+fn serves_after_the_stderr_reader_is_gone_json() {
+    serves_after_the_stderr_reader_is_gone("json");
+}
+
+#[test]
+fn serves_after_the_stderr_reader_is_gone_term() {
+    serves_after_the_stderr_reader_is_gone("term");
 }
