@@ -209,11 +209,11 @@ impl<T: Target> Audit<T> {
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
-    use serde_json::Value;
     use slog::{o, Drain};
 
+    use super::super::captured::Captured;
     use super::*;
 
     /// A target that fails or works as the test scripts it, and remembers what it got.
@@ -240,26 +240,10 @@ mod tests {
     }
 
     /// A logger whose records the test reads back as JSON.
-    fn recorded() -> (Logger, Arc<Mutex<Vec<Value>>>) {
-        let records = Arc::new(Mutex::new(Vec::new()));
-        let kept = records.clone();
-        let drain = Mutex::new(super::super::json::JsonLines::new(LineSink(kept)));
+    fn recorded() -> (Logger, Captured) {
+        let records = Captured::default();
+        let drain = Mutex::new(super::super::json::JsonLines::new(records.clone()));
         (Logger::root(drain.fuse(), o!()), records)
-    }
-
-    struct LineSink(Arc<Mutex<Vec<Value>>>);
-
-    impl Write for LineSink {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0
-                .lock()
-                .unwrap()
-                .push(serde_json::from_slice(buf).unwrap());
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
     }
 
     fn full() -> io::Result<()> {
@@ -279,7 +263,7 @@ mod tests {
         audit.write(b"{\"a\":3}\n", &log, start + REPORT_INTERVAL / 2);
         audit.write(b"{\"a\":4}\n", &log, start + REPORT_INTERVAL);
         audit.write(b"{\"a\":5}\n", &log, start + REPORT_INTERVAL * 2);
-        let records = records.lock().unwrap().clone();
+        let records = records.lines();
         let msgs: Vec<&str> = records.iter().map(|r| r["msg"].as_str().unwrap()).collect();
         assert_eq!(
             msgs,
@@ -326,7 +310,7 @@ mod tests {
         assert_eq!(audit.target.synced, 1);
         audit.write(b"{}\n", &log, start + SYNC_INTERVAL * 2);
         audit.sync(&log, start + SYNC_INTERVAL * 3);
-        let records = records.lock().unwrap().clone();
+        let records = records.lines();
         assert_eq!(records.len(), 1);
         assert_eq!(records[0]["msg"], "audit log write failed");
         assert_eq!(

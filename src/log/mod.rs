@@ -15,6 +15,8 @@ use std::sync::Arc;
 use slog::{o, Drain, Logger};
 
 mod audit;
+#[cfg(test)]
+mod captured;
 pub mod json;
 mod queue;
 pub mod records;

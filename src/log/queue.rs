@@ -368,40 +368,11 @@ fn write_batches<E: Write, T: Target>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::captured::Captured;
     use super::*;
     use std::path::Path;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
     use std::sync::mpsc;
-
-    /// A writer (and audit target) tests can read back.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>, Arc<AtomicUsize>);
-
-    impl Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Target for Captured {
-        fn append(&mut self, lines: &[u8]) -> io::Result<()> {
-            self.write_all(lines)
-        }
-        fn sync(&mut self) -> io::Result<()> {
-            self.1.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    }
-
-    impl Captured {
-        fn syncs(&self) -> usize {
-            self.1.load(Ordering::SeqCst)
-        }
-    }
 
     /// A queue writing to `stderr` from `level` and, when given, to the audit log `audit`.
     fn start_on<E: Write + Send + 'static, T: Target + 'static>(
@@ -415,16 +386,6 @@ mod tests {
             reports: None,
         })
         .unwrap()
-    }
-
-    impl Captured {
-        fn lines(&self) -> Vec<serde_json::Value> {
-            String::from_utf8(self.0.lock().unwrap().clone())
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect()
-        }
     }
 
     #[test]

@@ -135,25 +135,12 @@ fn escape_controls(out: &mut Vec<u8>, bytes: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
     use slog::{crit, o, Drain, Logger};
 
+    use super::super::captured::Captured;
     use super::*;
-
-    /// A writer tests can read back.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
 
     /// What the term format writes for the records `log` writes, escaped or not.
     fn written(escaping: bool, log: impl FnOnce(&Logger)) -> String {
@@ -179,8 +166,7 @@ mod tests {
             Mutex::new(drain).fuse(),
             o!("daemon" => "autohealer"),
         ));
-        let bytes = out.0.lock().unwrap().clone();
-        String::from_utf8(bytes).unwrap()
+        out.text()
     }
 
     #[test]
