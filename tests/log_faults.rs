@@ -84,7 +84,8 @@ fn term_lines_cannot_be_forged_by_output_or_alert_fields() {
     assert_eq!(response.status, 200, "{}", response.body);
     wait_until("the finished and resolved lines", || {
         let text = daemon.stderr();
-        text.contains("healing action finished") && text.contains("alert resolved")
+        // `exit_code` is the finished record's own (the forged text holds its message too).
+        text.contains("exit_code: ") && text.contains("alert resolved")
     });
     let text = daemon.stderr();
     assert!(!text.contains('\x1b'), "a raw ESC reached stderr:\n{text}");
