@@ -173,6 +173,7 @@ pub struct Metrics {
     // `workflow` as in `actions`; `verdict` is `healed` or `not_healed`.
     actions_verified: Family<VerifiedLabels, Counter>,
     budget_remaining: BudgetRemaining,
+    audit_write_errors: Counter,
 }
 
 impl Metrics {
@@ -233,6 +234,12 @@ impl Metrics {
                 Family::default(),
             ),
             budget_remaining: BudgetRemaining::default(),
+            audit_write_errors: register(
+                r,
+                "audit_write_errors",
+                "Writes and syncs of the audit log that failed (disk full, I/O error); the records still reached stderr",
+                Counter::default(),
+            ),
             registry,
         };
         metrics
@@ -388,6 +395,11 @@ impl Metrics {
         self.config_last_reload_successful.set(0);
     }
 
+    /// A write (or sync) of the audit log failed.
+    pub fn audit_write_failed(&self) {
+        self.audit_write_errors.inc();
+    }
+
     /// The metrics in the Prometheus text format.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut text = String::new();
@@ -441,6 +453,7 @@ mod tests {
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         metrics.map_loaded(4, at);
         metrics.map_rejected();
+        metrics.audit_write_failed();
         let text = metrics.encode().unwrap();
         let expected = [
             (
@@ -476,6 +489,7 @@ mod tests {
                 "1700000000.0",
             ),
             ("autohealer_reflexes", "4"),
+            ("autohealer_audit_write_errors_total", "1"),
         ];
         for (series, expected) in expected {
             assert_eq!(value(&text, series), expected, "{series}");

@@ -10,6 +10,7 @@ mod cli;
 mod exec_hardening;
 mod fault_injection;
 mod http_api;
+mod log_faults;
 mod log_records;
 mod metrics;
 mod reload;

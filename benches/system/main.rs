@@ -12,6 +12,8 @@
 //! - scale: a map of 100,000 exact names and 1,000 patterns, its load time against a plain
 //!   YAML parse of the same file, and its dispatch rate against a one-reflex map.
 //! - micro: criterion's latest results, if `cargo bench --bench micro` ran first.
+//! - soak, only when `BENCH_ONLY` names it: minutes of mixed load with memory sampled and every
+//!   answer checked against the audit log (`soak.rs`).
 //!
 //! It never fails on a missed goal: it prints a table and writes `bench/results/<date>.md`.
 //! Every knob is an environment variable (see `Settings`), so a trial run can be short.
@@ -22,6 +24,7 @@ mod procs;
 mod reference;
 mod reload;
 mod report;
+mod soak;
 
 #[path = "../support/mapgen.rs"]
 mod mapgen;
@@ -97,6 +100,11 @@ struct Settings {
     since: Option<SystemTime>,
     /// `BENCH_KEEP=1`: keep the scratch directory (maps, daemon logs) for inspection.
     keep: bool,
+    /// `BENCH_SOAK_SECS`, `BENCH_SOAK_RATE` (requests/s), `BENCH_SOAK_CLIENTS`: the soak's
+    /// length, pace and connections (`soak.rs`).
+    soak_secs: f64,
+    soak_rate: f64,
+    soak_clients: usize,
     /// `BENCH_DAEMON`: the daemon binary to measure. bench/run.sh sets it to a copy of
     /// `cargo build --release`'s; without it, the harness runs cargo bench's own build, which
     /// carries the dev-dependencies' features (tokio's `test-util` clock among them).
@@ -144,12 +152,23 @@ impl Settings {
                 None => None,
             },
             keep: env_parse("BENCH_KEEP", 0u8)? != 0,
+            soak_secs: env_parse("BENCH_SOAK_SECS", 180.0)?,
+            soak_rate: env_parse("BENCH_SOAK_RATE", 1000.0f64)?.max(1.0),
+            soak_clients: env_parse("BENCH_SOAK_CLIENTS", 8usize)?.max(1),
             daemon: non_empty("BENCH_DAEMON").map(PathBuf::from),
         })
     }
 
     fn wants(&self, section: &str) -> bool {
         self.only.as_ref().is_none_or(|only| only.contains(section))
+    }
+
+    /// Whether `BENCH_ONLY` names `section`: for the soak, which takes minutes and so is never
+    /// part of a default run.
+    fn names(&self, section: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_some_and(|only| only.contains(section))
     }
 
     fn describe(&self, pinning: &Option<Pinning>) -> String {
@@ -164,10 +183,18 @@ impl Settings {
             Some(daemon) => format!(" BENCH_DAEMON={}", daemon.display()),
             None => String::new(),
         };
+        let soak = if self.names("soak") {
+            format!(
+                " BENCH_SOAK_SECS={} BENCH_SOAK_RATE={} BENCH_SOAK_CLIENTS={}",
+                self.soak_secs, self.soak_rate, self.soak_clients
+            )
+        } else {
+            String::new()
+        };
         format!(
             "BENCH_SECS={} BENCH_WARMUP_SECS={} BENCH_ROUNDS={} BENCH_CONNECTIONS={} \
              BENCH_WRK_THREADS={} BENCH_RELOADS={} BENCH_RELOAD_LOAD_SECS={} \
-             BENCH_SCALE_EXACT={} BENCH_SCALE_PATTERNS={}{daemon}; {pin}",
+             BENCH_SCALE_EXACT={} BENCH_SCALE_PATTERNS={}{soak}{daemon}; {pin}",
             self.secs,
             self.warmup_secs,
             self.rounds,
@@ -201,6 +228,11 @@ impl Bench {
     /// directories: the daemon watches its map's directory, and every log write into it would
     /// wake the watcher (about 10% of the daemon's CPU in a trial), which production does not pay.
     fn daemon(&self, map: &Path, name: &str) -> Result<Server> {
+        self.daemon_with(map, name, &[])
+    }
+
+    /// `daemon`, with `extra` arguments.
+    fn daemon_with(&self, map: &Path, name: &str, extra: &[&str]) -> Result<Server> {
         let logs = self.scratch.join("logs");
         std::fs::create_dir_all(&logs)
             .with_context(|| format!("cannot create {}", logs.display()))?;
@@ -211,6 +243,7 @@ impl Bench {
             &log,
             self.server_cpu(),
             &format!("the daemon ({name})"),
+            extra,
         )
     }
 
@@ -310,6 +343,10 @@ fn run() -> Result<()> {
         println!("scale");
         scale(&bench, &mut report)?;
     }
+    if settings.names("soak") {
+        println!("soak");
+        soak::soak(&bench, &mut report)?;
+    }
     if settings.wants("micro") {
         let criterion_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
             .parent()
@@ -324,10 +361,16 @@ fn run() -> Result<()> {
     }
 
     let machine = Machine::describe(nproc, &load_at_start);
+    // A soak run alone writes a file of its own, so it never replaces the day's full run.
+    let soak_only = settings
+        .only
+        .as_ref()
+        .is_some_and(|only| only.len() == 1 && only.contains("soak"));
+    let suffix = if soak_only { "-soak" } else { "" };
     let path = settings
         .results
         .clone()
-        .unwrap_or_else(|| manifest.join(format!("bench/results/{}.md", machine.day())));
+        .unwrap_or_else(|| manifest.join(format!("bench/results/{}{suffix}.md", machine.day())));
     let markdown = report.markdown(
         &machine,
         &settings.describe(&pinning),

@@ -161,7 +161,7 @@ impl MapSaver {
 
 /// Writes a temp file beside `path` and renames it over `path`, as editors save; returns when
 /// the rename began.
-fn replace_by_rename(path: &Path, content: &str) -> Result<Instant> {
+pub(crate) fn replace_by_rename(path: &Path, content: &str) -> Result<Instant> {
     let tmp = path.with_extension("yml.tmp");
     write_private(&tmp, content)?;
     let renamed_at = Instant::now();

@@ -378,6 +378,26 @@ impl slog::KV for EscalatedFrom {
     }
 }
 
+/// ERRO `audit log write failed`: records could not be written to the audit log (disk full, an
+/// I/O error); they reached stderr. The metric counts every failed write; the record is written
+/// only when `report` is true (the audit log reports a failure at most once every 10 s).
+pub fn audit_write_failed(log: &Logger, path: &Path, error: &std::io::Error, report: bool) {
+    metrics::global().audit_write_failed();
+    if report {
+        error!(log, "audit log write failed"; "error" => %error, "path" => %path.display());
+    }
+}
+
+/// INFO `audit log recovered`: a write to the audit log worked again after `failed_writes`
+/// failed ones, which lost `lost_records` records from the file (not from stderr).
+pub fn audit_recovered(log: &Logger, path: &Path, failed_writes: u64, lost_records: u64) {
+    info!(log, "audit log recovered";
+        "lost_records" => lost_records,
+        "failed_writes" => failed_writes,
+        "path" => %path.display(),
+    );
+}
+
 /// The finished record's optional keys, emitted only when they apply.
 struct ReportKv<'a>(&'a ActionReport);
 
