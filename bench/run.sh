@@ -6,6 +6,8 @@
 #      (`cargo bench --bench system`) on that build, which
 #      prints a table and writes bench/results/<date>.md, micro figures included.
 # It never fails because a goal was missed; it fails only if the harness itself cannot run.
+# The soak (minutes of mixed load, memory sampled, every answer checked against the audit log)
+# runs only when named: BENCH_ONLY=soak bench/run.sh (BENCH_SOAK_SECS=20 for a quick check).
 # Environment (all optional): BENCH_SECS, BENCH_ROUNDS, BENCH_ONLY, BENCH_NOTE, ... (listed in
 # docs/performance.md); BENCH_MICRO_SECS and BENCH_MICRO_WARMUP_SECS for criterion.
 set -euo pipefail
@@ -35,7 +37,7 @@ fi
 # The daemon measured is the one users run: `cargo bench` builds the binary with the
 # dev-dependencies' features too (tokio's test-util clock, ~3% slower per request), and writes
 # it where `cargo build --release` writes its own, so the release build is copied aside first.
-if [ -z "${BENCH_ONLY:-}" ] || [[ "$only" == *,throughput,* || "$only" == *,reload,* || "$only" == *,scale,* ]]; then
+if [ -z "${BENCH_ONLY:-}" ] || [[ "$only" == *,throughput,* || "$only" == *,reload,* || "$only" == *,scale,* || "$only" == *,soak,* ]]; then
     echo "== cargo build --release (the daemon measured)"
     cargo build --release
     target_dir="${CARGO_TARGET_DIR:-$PWD/target}"

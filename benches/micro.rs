@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use autohealer::actions::ActionRun;
-use autohealer::anomaly::{Anomaly, Source};
+use autohealer::anomaly::{Anomaly, Details, Source};
 use autohealer::dispatch::Dispatcher;
 use autohealer::log::json::JsonLines;
 use autohealer::log::records;
@@ -92,8 +92,12 @@ fn matching(c: &mut Criterion) {
         ("100k map, pattern", scale, mapgen::pattern_hit(777, 3)),
         ("100k map, miss", scale, mapgen::miss_name(4242)),
     ];
+    // No details: the maps have no conditions, so none are read.
+    let none = Details::empty();
     for (label, map, name) in &cases {
-        group.bench_function(*label, |b| b.iter(|| map.lookup(black_box(name)).is_some()));
+        group.bench_function(*label, |b| {
+            b.iter(|| map.select(black_box(name), &none).is_some())
+        });
     }
     // The system benchmark's request mix (exact names, pattern hits, misses), one name per
     // call, against the scale map and its one-reflex baseline.
@@ -107,7 +111,7 @@ fn matching(c: &mut Criterion) {
         group.bench_function(label, |b| {
             b.iter(|| {
                 next = (next + 1) % mix.len();
-                map.lookup(black_box(&mix[next])).is_some()
+                map.select(black_box(&mix[next]), &none).is_some()
             })
         });
     }
@@ -137,19 +141,21 @@ fn parsing(c: &mut Criterion) {
 fn sample_run(map: &ReflexMap) -> ActionRun {
     let anomaly = Anomaly::from_json(mapgen::anomaly_body(mapgen::THROUGHPUT_NAME).as_bytes())
         .unwrap_or_else(|err| panic!("sample body: {err}"));
-    let (reflex, workflow) = map
-        .lookup(&anomaly.name)
+    let selected = map
+        .select(&anomaly.name, &anomaly.details)
         .unwrap_or_else(|| panic!("the small map has no reflex for {}", anomaly.name));
+    let (params, workflow) = (selected.case.params.clone(), selected.workflow.clone());
     ActionRun {
         action_id: uuid::Uuid::now_v7(),
         anomaly: anomaly.name,
-        workflow: workflow.clone(),
+        workflow,
         details: Arc::new(anomaly.details),
-        params: reflex.params.clone(),
+        params,
         source: Source::Http,
         map_version: Arc::from("0123456789ab"),
         dry_run: false,
         received_at: SystemTime::now(),
+        escalated_from: None,
     }
 }
 

@@ -26,6 +26,7 @@ use crate::host::systemd::{self, HostEnv};
 use crate::http::{self, AlertReceiver, ServerState, ALERT_MEMORY_ENTRIES};
 use crate::log::records::{self, Trigger};
 use crate::map::{self, LoadError, LoadedMap};
+use crate::metrics;
 use crate::reload::{ReloadMessage, Reloader};
 
 /// After the shutdown deadline, how long cancelled actions get to kill their processes and
@@ -155,6 +156,10 @@ async fn serve(
         cancel_actions.clone(),
         args.dry_run,
     );
+    // Verification windows are judged when they end, with no request needed (SPEC §9).
+    let sweeper = dispatcher.spawn_sweeper();
+    let budget = dispatcher.clone();
+    metrics::global().watch_budget(move || budget.budget_remaining());
     let state = Arc::new(ServerState {
         dispatcher,
         map,
@@ -236,6 +241,7 @@ async fn serve(
     if let Some(watchdog) = watchdog {
         watchdog.abort();
     }
+    sweeper.abort();
     Ok(())
 }
 

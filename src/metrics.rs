@@ -11,14 +11,16 @@
 //! values; `workflow` takes the names declared in the reflex map, which the operator controls.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, LazyLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry};
 
@@ -98,6 +100,43 @@ struct ReloadLabels {
     result: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct VerifiedLabels {
+    workflow: Arc<str>,
+    verdict: &'static str,
+}
+
+/// Reads the budget's remaining actions at scrape time: `None` while the map sets no budget.
+type BudgetSource = Box<dyn Fn() -> Option<u32> + Send + Sync>;
+
+/// `autohealer_budget_remaining`, read from the rails when scraped, so it is never stale while
+/// the window rolls on with no action; absent while the map sets no budget.
+#[derive(Clone, Default)]
+struct BudgetRemaining(Arc<RwLock<Option<BudgetSource>>>);
+
+impl fmt::Debug for BudgetRemaining {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BudgetRemaining")
+    }
+}
+
+impl Collector for BudgetRemaining {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let source = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(remaining) = source.as_ref().and_then(|read| read()) else {
+            return Ok(());
+        };
+        let gauge = ConstGauge::new(i64::from(remaining));
+        let metric = encoder.encode_descriptor(
+            "budget_remaining",
+            "Exec and webhook actions the global budget (limits.actions) allows now",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)
+    }
+}
+
 type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
 
 /// One workflow's series of `autohealer_actions_total` (by outcome, in `Outcome` order) and
@@ -131,6 +170,10 @@ pub struct Metrics {
     config_last_reload_successful: Gauge,
     config_last_reload_success_timestamp: Gauge<f64, AtomicU64>,
     reflexes: Gauge,
+    // `workflow` as in `actions`; `verdict` is `healed` or `not_healed`.
+    actions_verified: Family<VerifiedLabels, Counter>,
+    budget_remaining: BudgetRemaining,
+    audit_write_errors: Counter,
 }
 
 impl Metrics {
@@ -184,8 +227,24 @@ impl Metrics {
                 Gauge::default(),
             ),
             reflexes: register(r, "reflexes", "Reflexes in the map in force", Gauge::default()),
+            actions_verified: register(
+                r,
+                "actions_verified",
+                "Healing actions judged after their verify window, by workflow and verdict",
+                Family::default(),
+            ),
+            budget_remaining: BudgetRemaining::default(),
+            audit_write_errors: register(
+                r,
+                "audit_write_errors",
+                "Writes and syncs of the audit log that failed (disk full, I/O error); the records still reached stderr",
+                Counter::default(),
+            ),
             registry,
         };
+        metrics
+            .registry
+            .register_collector(Box::new(metrics.budget_remaining.clone()));
 
         // Series that exist from the start, so rate() and absent() work before the first event.
         for source in [Source::Http, Source::Alertmanager] {
@@ -288,6 +347,25 @@ impl Metrics {
         }
     }
 
+    /// An action of `workflow` was judged: `verdict` is `healed` or `not_healed`.
+    pub fn action_verified(&self, workflow: &Arc<str>, verdict: &'static str) {
+        self.actions_verified
+            .get_or_create(&VerifiedLabels {
+                workflow: workflow.clone(),
+                verdict,
+            })
+            .inc();
+    }
+
+    /// Makes `read` the source of `autohealer_budget_remaining`, read at every scrape.
+    pub fn watch_budget(&self, read: impl Fn() -> Option<u32> + Send + Sync + 'static) {
+        *self
+            .budget_remaining
+            .0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Box::new(read));
+    }
+
     /// A map with `reflexes` reflexes was loaded at `at`.
     pub fn map_loaded(&self, reflexes: usize, at: SystemTime) {
         self.config_reloads
@@ -315,6 +393,11 @@ impl Metrics {
             .get_or_create(&ReloadLabels { result: "failure" })
             .inc();
         self.config_last_reload_successful.set(0);
+    }
+
+    /// A write (or sync) of the audit log failed.
+    pub fn audit_write_failed(&self) {
+        self.audit_write_errors.inc();
     }
 
     /// The metrics in the Prometheus text format.
@@ -370,6 +453,7 @@ mod tests {
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         metrics.map_loaded(4, at);
         metrics.map_rejected();
+        metrics.audit_write_failed();
         let text = metrics.encode().unwrap();
         let expected = [
             (
@@ -405,6 +489,7 @@ mod tests {
                 "1700000000.0",
             ),
             ("autohealer_reflexes", "4"),
+            ("autohealer_audit_write_errors_total", "1"),
         ];
         for (series, expected) in expected {
             assert_eq!(value(&text, series), expected, "{series}");
@@ -412,6 +497,23 @@ mod tests {
         assert!(text.contains("# TYPE autohealer_anomalies_received_total counter"));
         assert!(text.contains("# TYPE autohealer_action_duration_seconds histogram"));
         assert!(!text.contains(r#"source="http",result="duplicate""#));
+
+        assert!(
+            !text.contains("autohealer_budget_remaining"),
+            "no budget, no series"
+        );
+        metrics.action_verified(&Arc::from("restart"), "not_healed");
+        metrics.watch_budget(|| Some(7));
+        let text = metrics.encode().unwrap();
+        assert_eq!(
+            value(
+                &text,
+                r#"autohealer_actions_verified_total{workflow="restart",verdict="not_healed"}"#
+            ),
+            "1"
+        );
+        assert_eq!(value(&text, "autohealer_budget_remaining"), "7");
+        assert!(text.contains("# TYPE autohealer_budget_remaining gauge"));
 
         metrics.map_unchanged();
         let text = metrics.encode().unwrap();

@@ -1,9 +1,13 @@
-//! Hot reload (SPEC §4): every kind of edit, seen through real file-system events, and a storm of
-//! rewrites under load with no failed request.
+//! Hot reload (SPEC §4, §8): every kind of edit, seen through real file-system events; saves
+//! loaded only once whole; the map's directory removed and recreated; and a storm of rewrites
+//! under load with no failed request.
 
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde_json::json;
@@ -69,6 +73,196 @@ fn symlink_swap_is_picked_up() {
     // Editing the new target in place is seen through the link.
     std::fs::write(dir.join("plain.yml"), map_to("one")).unwrap();
     wait_for_workflow(&daemon, "one");
+}
+
+#[test]
+fn configmap_swaps_that_remove_the_old_version_keep_loading() {
+    // What the kubelet does on every update: a new versioned directory, `..data` swapped onto it,
+    // then the old directory (the link's previous target, which the daemon watched) removed.
+    let map = MapDir::new("unused: true\n");
+    let dir = map.dir.path();
+    std::fs::remove_file(map.path()).unwrap();
+    let version = |serial: usize, workflow: &str| {
+        let name = format!("..v{serial}");
+        std::fs::create_dir(dir.join(&name)).unwrap();
+        std::fs::write(dir.join(&name).join("map.yml"), map_to(workflow)).unwrap();
+        name
+    };
+    std::os::unix::fs::symlink(version(0, "one"), dir.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/map.yml", map.path()).unwrap();
+    let daemon = Daemon::start(&map.path(), &[]);
+    for (serial, workflow) in ["two", "three", "one"].into_iter().enumerate() {
+        let serial = serial + 1;
+        std::os::unix::fs::symlink(version(serial, workflow), dir.join("..data_tmp")).unwrap();
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+        std::fs::remove_dir_all(dir.join(format!("..v{}", serial - 1))).unwrap();
+        wait_for_workflow(&daemon, workflow);
+        assert_eq!(daemon.generation(), serial as u64 + 1);
+    }
+    assert_eq!(daemon.records_with("reflex map missing").len(), 0);
+    assert_eq!(daemon.records_with("config watcher failed").len(), 0);
+}
+
+#[test]
+fn links_made_at_the_map_name_are_loaded() {
+    // `ln -s` and `ln` put a finished file in place: no close follows, and none is waited for.
+    let map = MapDir::new(&map_to("one"));
+    let daemon = Daemon::start(&map.path(), &[]);
+    std::fs::write(map.file("v2.yml"), map_to("two")).unwrap();
+    std::fs::write(map.file("v3.yml"), map_to("three")).unwrap();
+    std::fs::remove_file(map.path()).unwrap();
+    std::os::unix::fs::symlink("v2.yml", map.path()).unwrap();
+    wait_for_workflow(&daemon, "two");
+    std::fs::remove_file(map.path()).unwrap();
+    std::fs::hard_link(map.file("v3.yml"), map.path()).unwrap();
+    wait_for_workflow(&daemon, "three");
+}
+
+/// How long a writer pauses mid-file in the tests below: far beyond the time any reload takes,
+/// well short of the quiet period after which a file held open is loaded anyway.
+const PAUSE: Duration = Duration::from_millis(600);
+
+/// Asserts, polling for `PAUSE`, that the map in force stays generation `generation` with
+/// `probe` dispatching to `workflow`, and that no record says the file went missing.
+fn assert_kept_during_pause(daemon: &Daemon, generation: u64, workflow: &str) {
+    assert!(PAUSE < autohealer::reload::QUIET);
+    let until = Instant::now() + PAUSE;
+    while Instant::now() < until {
+        let reflexes = daemon.get("/reflexes").json();
+        assert_eq!(reflexes["generation"], generation, "{reflexes}");
+        assert_eq!(daemon.workflow_for("probe").as_deref(), Some(workflow));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(daemon.records_with("reflex map missing").len(), 0);
+}
+
+/// The map `map_to(workflow)` plus a second reflex: its first half, up to and including the
+/// `probe` line, is a valid map of its own.
+fn two_reflexes(workflow: &str) -> (String, String) {
+    (map_to(workflow), format!("  second: {workflow}\n"))
+}
+
+/// Asserts the map in force is generation `generation` with both reflexes of `two_reflexes`.
+fn assert_whole(daemon: &Daemon, generation: u64) {
+    let reflexes = daemon.get("/reflexes").json();
+    assert_eq!(reflexes["generation"], generation, "{reflexes}");
+    let names: Vec<&str> = reflexes["reflexes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["match"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["probe", "second"], "{reflexes}");
+}
+
+fn open_truncated(path: &Path) -> File {
+    OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .unwrap()
+}
+
+/// Writes the first half of `two_reflexes("two")` into `file` (a valid map of its own), checks
+/// through a pause that the daemon on `map_to("one")` keeps its map, then writes the rest, closes
+/// the file and checks that the whole is generation 2.
+fn save_with_a_pause(daemon: &Daemon, mut file: File) {
+    let (half, rest) = two_reflexes("two");
+    file.write_all(half.as_bytes()).unwrap();
+    assert_kept_during_pause(daemon, 1, "one");
+    file.write_all(rest.as_bytes()).unwrap();
+    drop(file);
+    wait_for_workflow(daemon, "two");
+    assert_whole(daemon, 2);
+}
+
+#[test]
+fn an_in_place_save_that_pauses_mid_file_is_not_loaded_half_written() {
+    let map = MapDir::new(&map_to("one"));
+    let daemon = Daemon::start(&map.path(), &[]);
+    save_with_a_pause(&daemon, open_truncated(&map.path()));
+    let loaded = daemon.wait_for_record("reflex map loaded", |r| r["trigger"] == "watch");
+    assert_eq!(loaded["reflexes"], 2, "{loaded}");
+    assert_eq!(daemon.records_with("reflex map loaded").len(), 2);
+}
+
+#[test]
+fn an_editor_that_moves_the_map_to_a_backup_first_is_loaded_once_written() {
+    // emacs, and vim with `backupcopy=no`: rename the map to a backup, then write a new file.
+    // Neither the missing name nor the new, half-written file is taken for a save.
+    let map = MapDir::new(&map_to("one"));
+    let daemon = Daemon::start(&map.path(), &[]);
+    std::fs::rename(map.path(), map.file("map.yml~")).unwrap();
+    save_with_a_pause(&daemon, File::create(map.path()).unwrap());
+}
+
+#[test]
+fn a_writer_that_keeps_the_file_open_is_loaded_after_quiet() {
+    let map = MapDir::new(&map_to("one"));
+    let daemon = Daemon::start(&map.path(), &[]);
+    let mut file = open_truncated(&map.path());
+    let (half, rest) = two_reflexes("two");
+    file.write_all(half.as_bytes()).unwrap();
+    file.write_all(rest.as_bytes()).unwrap();
+    let written = Instant::now();
+    wait_for_workflow(&daemon, "two");
+    let waited = written.elapsed();
+    assert!(
+        waited >= autohealer::reload::QUIET,
+        "loaded {waited:?} after the last write, with the file still open"
+    );
+    assert_whole(&daemon, 2);
+    // Closing it afterwards changes nothing: the same bytes are no new generation.
+    drop(file);
+    let response = daemon.request("POST", "/-/reload", &[], b"");
+    assert_eq!(response.json()["generation"], 2);
+}
+
+#[test]
+fn the_maps_directory_removed_or_moved_away_and_recreated() {
+    let map = MapDir::new(&map_to("one"));
+    let dir = map.dir.path().to_path_buf();
+    let daemon = Daemon::start(&map.path(), &[]);
+
+    // Removed: the old map stays in force, with a WARN for the file and one for the watch.
+    std::fs::remove_dir_all(&dir).unwrap();
+    let missing = daemon.wait_for_record("reflex map missing", |_| true);
+    assert_eq!(missing["level"], "WARN");
+    let unwatched = daemon.wait_for_record("config watcher failed", |_| true);
+    assert_eq!(unwatched["level"], "WARN");
+    assert!(
+        unwatched["error"]
+            .as_str()
+            .unwrap()
+            .contains("once it is back"),
+        "{unwatched}"
+    );
+    assert_eq!(daemon.workflow_for("probe").as_deref(), Some("one"));
+    assert_eq!(daemon.generation(), 1);
+
+    // Back: the new file is loaded, and edits are seen again. (It is put in place by rename, so
+    // that the look when the directory is watched again never finds it half-written.)
+    std::fs::create_dir(&dir).unwrap();
+    map.write_by_rename(&map_to("two"));
+    wait_for_workflow(&daemon, "two");
+    map.write_in_place(&map_to("three"));
+    wait_for_workflow(&daemon, "three");
+    assert_eq!(daemon.generation(), 3);
+
+    // Moved away and replaced by a new directory: the watch follows the path, not the old one.
+    let moved = dir.with_extension("moved");
+    std::fs::rename(&dir, &moved).unwrap();
+    daemon.wait_for_record("reflex map missing", |r| {
+        r["kept_version"] != missing["kept_version"]
+    });
+    std::fs::create_dir(&dir).unwrap();
+    map.write_by_rename(&map_to("one"));
+    wait_for_workflow(&daemon, "one");
+    std::fs::remove_dir_all(&moved).unwrap();
+    map.write_in_place(&map_to("two"));
+    wait_for_workflow(&daemon, "two");
+    assert_eq!(daemon.generation(), 5);
+    assert_eq!(daemon.workflow_for("probe").as_deref(), Some("two"));
 }
 
 #[test]

@@ -5,11 +5,15 @@
 //! Sections (`BENCH_ONLY=throughput,reload,scale,micro` picks some):
 //! - throughput and memory: `POST /anomaly` to a log-only workflow with JSON logs written to a
 //!   file, against a bare hyper server (`reference.rs`); resident memory idle and under load.
-//! - reload: rename → first request that sees the new map, against an in-process notify
-//!   watcher's rename → event; then the map replaced every 10 ms under load.
+//! - reload (`reload.rs`): save → first request that sees the new map, in place, by rename and
+//!   by a ConfigMap's symlink swap, each against an in-process notify watcher's save → the
+//!   event that ends it; in-place saves paused mid-file; then the map replaced every 10 ms
+//!   under load.
 //! - scale: a map of 100,000 exact names and 1,000 patterns, its load time against a plain
 //!   YAML parse of the same file, and its dispatch rate against a one-reflex map.
 //! - micro: criterion's latest results, if `cargo bench --bench micro` ran first.
+//! - soak, only when `BENCH_ONLY` names it: minutes of mixed load with memory sampled and every
+//!   answer checked against the audit log (`soak.rs`).
 //!
 //! It never fails on a missed goal: it prints a table and writes `bench/results/<date>.md`.
 //! Every knob is an environment variable (see `Settings`), so a trial run can be short.
@@ -18,7 +22,9 @@ mod client;
 mod load;
 mod procs;
 mod reference;
+mod reload;
 mod report;
+mod soak;
 
 #[path = "../support/mapgen.rs"]
 mod mapgen;
@@ -27,7 +33,6 @@ use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -39,15 +44,6 @@ use report::{ms, ratio, Machine, Report, Verdict};
 
 /// Run this binary with this flag to get the reference server instead of the benchmark.
 const REFERENCE_FLAG: &str = "--reference-server";
-
-/// How long one reload may take to be seen before it counts as missed.
-const RELOAD_SEEN_DEADLINE: Duration = Duration::from_secs(2);
-
-/// Pause between two timed reloads, so that each gets its own debounce window.
-const RELOAD_GAP: Duration = Duration::from_millis(25);
-
-/// How often the map is replaced under load (SPEC §7).
-const REPLACE_EVERY: Duration = Duration::from_millis(10);
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -81,7 +77,7 @@ struct Settings {
     /// `BENCH_CONNECTIONS` and `BENCH_WRK_THREADS`.
     connections: usize,
     wrk_threads: usize,
-    /// `BENCH_RELOADS`: timed reloads.
+    /// `BENCH_RELOADS`: timed saves of each style (in place, rename, symlink swap).
     reloads: usize,
     /// `BENCH_RELOAD_LOAD_SECS`: length of the run with the map replaced every 10 ms.
     reload_load_secs: f64,
@@ -104,6 +100,11 @@ struct Settings {
     since: Option<SystemTime>,
     /// `BENCH_KEEP=1`: keep the scratch directory (maps, daemon logs) for inspection.
     keep: bool,
+    /// `BENCH_SOAK_SECS`, `BENCH_SOAK_RATE` (requests/s), `BENCH_SOAK_CLIENTS`: the soak's
+    /// length, pace and connections (`soak.rs`).
+    soak_secs: f64,
+    soak_rate: f64,
+    soak_clients: usize,
     /// `BENCH_DAEMON`: the daemon binary to measure. bench/run.sh sets it to a copy of
     /// `cargo build --release`'s; without it, the harness runs cargo bench's own build, which
     /// carries the dev-dependencies' features (tokio's `test-util` clock among them).
@@ -151,12 +152,23 @@ impl Settings {
                 None => None,
             },
             keep: env_parse("BENCH_KEEP", 0u8)? != 0,
+            soak_secs: env_parse("BENCH_SOAK_SECS", 180.0)?,
+            soak_rate: env_parse("BENCH_SOAK_RATE", 1000.0f64)?.max(1.0),
+            soak_clients: env_parse("BENCH_SOAK_CLIENTS", 8usize)?.max(1),
             daemon: non_empty("BENCH_DAEMON").map(PathBuf::from),
         })
     }
 
     fn wants(&self, section: &str) -> bool {
         self.only.as_ref().is_none_or(|only| only.contains(section))
+    }
+
+    /// Whether `BENCH_ONLY` names `section`: for the soak, which takes minutes and so is never
+    /// part of a default run.
+    fn names(&self, section: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_some_and(|only| only.contains(section))
     }
 
     fn describe(&self, pinning: &Option<Pinning>) -> String {
@@ -171,10 +183,18 @@ impl Settings {
             Some(daemon) => format!(" BENCH_DAEMON={}", daemon.display()),
             None => String::new(),
         };
+        let soak = if self.names("soak") {
+            format!(
+                " BENCH_SOAK_SECS={} BENCH_SOAK_RATE={} BENCH_SOAK_CLIENTS={}",
+                self.soak_secs, self.soak_rate, self.soak_clients
+            )
+        } else {
+            String::new()
+        };
         format!(
             "BENCH_SECS={} BENCH_WARMUP_SECS={} BENCH_ROUNDS={} BENCH_CONNECTIONS={} \
              BENCH_WRK_THREADS={} BENCH_RELOADS={} BENCH_RELOAD_LOAD_SECS={} \
-             BENCH_SCALE_EXACT={} BENCH_SCALE_PATTERNS={}{daemon}; {pin}",
+             BENCH_SCALE_EXACT={} BENCH_SCALE_PATTERNS={}{soak}{daemon}; {pin}",
             self.secs,
             self.warmup_secs,
             self.rounds,
@@ -208,6 +228,11 @@ impl Bench {
     /// directories: the daemon watches its map's directory, and every log write into it would
     /// wake the watcher (about 10% of the daemon's CPU in a trial), which production does not pay.
     fn daemon(&self, map: &Path, name: &str) -> Result<Server> {
+        self.daemon_with(map, name, &[])
+    }
+
+    /// `daemon`, with `extra` arguments.
+    fn daemon_with(&self, map: &Path, name: &str, extra: &[&str]) -> Result<Server> {
         let logs = self.scratch.join("logs");
         std::fs::create_dir_all(&logs)
             .with_context(|| format!("cannot create {}", logs.display()))?;
@@ -218,6 +243,7 @@ impl Bench {
             &log,
             self.server_cpu(),
             &format!("the daemon ({name})"),
+            extra,
         )
     }
 
@@ -236,16 +262,6 @@ fn write_private(path: &Path, content: &str) -> Result<()> {
     std::fs::write(path, content).with_context(|| format!("cannot write {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot chmod {}", path.display()))
-}
-
-/// Writes a temp file beside `path` and renames it over `path`, as editors save.
-fn replace_by_rename(path: &Path, content: &str) -> Result<Instant> {
-    let tmp = path.with_extension("yml.tmp");
-    write_private(&tmp, content)?;
-    let renamed_at = Instant::now();
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename over {}", path.display()))?;
-    Ok(renamed_at)
 }
 
 fn run() -> Result<()> {
@@ -320,12 +336,16 @@ fn run() -> Result<()> {
     }
     if settings.wants("reload") {
         println!("reload");
-        reload_latency(&bench, &mut report)?;
-        reload_under_load(&bench, &mut report)?;
+        reload::latency(&bench, &mut report)?;
+        reload::under_load(&bench, &mut report)?;
     }
     if settings.wants("scale") {
         println!("scale");
         scale(&bench, &mut report)?;
+    }
+    if settings.names("soak") {
+        println!("soak");
+        soak::soak(&bench, &mut report)?;
     }
     if settings.wants("micro") {
         let criterion_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -341,10 +361,16 @@ fn run() -> Result<()> {
     }
 
     let machine = Machine::describe(nproc, &load_at_start);
+    // A soak run alone writes a file of its own, so it never replaces the day's full run.
+    let soak_only = settings
+        .only
+        .as_ref()
+        .is_some_and(|only| only.len() == 1 && only.contains("soak"));
+    let suffix = if soak_only { "-soak" } else { "" };
     let path = settings
         .results
         .clone()
-        .unwrap_or_else(|| manifest.join(format!("bench/results/{}.md", machine.day())));
+        .unwrap_or_else(|| manifest.join(format!("bench/results/{}{suffix}.md", machine.day())));
     let markdown = report.markdown(
         &machine,
         &settings.describe(&pinning),
@@ -655,222 +681,6 @@ fn throughput(bench: &Bench, report: &mut Report) -> Result<()> {
             last_run_bytes as f64 / (1024.0 * 1024.0),
         ));
     }
-    Ok(())
-}
-
-/// Rename → event latency of a bare notify watcher in this process: the floor under the
-/// daemon's reload latency (which adds its debounce window, the parse and a request).
-fn notify_floor(dir: &Path, count: usize) -> Result<Vec<f64>> {
-    use notify::{RecursiveMode, Watcher};
-    let path = dir.join("watched.yml");
-    write_private(&path, "a: 1\n")?;
-    let (tx, rx) = mpsc::channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            if event.paths.iter().any(|p| p.ends_with("watched.yml")) {
-                let _ = tx.send(Instant::now());
-            }
-        }
-    })
-    .context("cannot create a notify watcher")?;
-    watcher
-        .watch(dir, RecursiveMode::NonRecursive)
-        .context("cannot watch the scratch directory")?;
-    let mut latencies = Vec::with_capacity(count);
-    for serial in 0..count {
-        while rx.try_recv().is_ok() {}
-        let renamed_at = replace_by_rename(&path, &format!("a: {serial}\n"))?;
-        let seen = rx
-            .recv_timeout(RELOAD_SEEN_DEADLINE)
-            .context("notify reported no event for a rename")?;
-        latencies.push(seen.saturating_duration_since(renamed_at).as_secs_f64() * 1e3);
-        std::thread::sleep(RELOAD_GAP);
-    }
-    Ok(latencies)
-}
-
-fn reload_latency(bench: &Bench, report: &mut Report) -> Result<()> {
-    let count = bench.settings.reloads;
-    let watch_dir = bench.scratch.join("notify-floor");
-    std::fs::create_dir_all(&watch_dir)?;
-    let floor = notify_floor(&watch_dir, count)?;
-
-    let map_dir = bench.scratch.join("reload");
-    std::fs::create_dir_all(&map_dir)?;
-    let map = map_dir.join("map.yml");
-    write_private(&map, &mapgen::reload_map("wf_a", 0))?;
-    let daemon = bench.daemon(&map, "reload-latency")?;
-    let mut client = Client::new(daemon.addr);
-    let probe = mapgen::anomaly_body(mapgen::PROBE_NAME);
-    let mut latencies = Vec::with_capacity(count);
-    let mut missed = 0;
-    for serial in 1..=count as u64 {
-        let workflow = if serial % 2 == 1 { "wf_b" } else { "wf_a" };
-        let renamed_at = replace_by_rename(&map, &mapgen::reload_map(workflow, serial))?;
-        let seen = loop {
-            let answer = client.post_json("/anomaly", &probe)?.json()?;
-            if answer["workflow"] == workflow {
-                break Some(renamed_at.elapsed());
-            }
-            if renamed_at.elapsed() > RELOAD_SEEN_DEADLINE {
-                break None;
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        };
-        match seen {
-            Some(latency) => latencies.push(latency.as_secs_f64() * 1e3),
-            None => {
-                missed += 1;
-                // Put the daemon back in step before the next one.
-                let answer = client.post_json("/-/reload", "")?;
-                if answer.status != 200 {
-                    bail!("POST /-/reload failed: {} {}", answer.status, answer.body);
-                }
-            }
-        }
-        std::thread::sleep(RELOAD_GAP);
-    }
-    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
-    let (d_med, d_max) = (median(&mut latencies.clone()), max(&latencies));
-    // The floor: what any watcher with the daemon's debounce window would take.
-    let debounce_ms = autohealer::reload::DEBOUNCE_DELAY.as_secs_f64() * 1e3;
-    let (f_med, f_max) = (
-        median(&mut floor.clone()) + debounce_ms,
-        max(&floor) + debounce_ms,
-    );
-    let section = "reload";
-    report.row(
-        section,
-        format!(
-            "rename → first request that sees it, median of {}",
-            latencies.len()
-        ),
-        ms(d_med),
-        ms(f_med),
-        ratio(d_med, f_med),
-        "< 30 ms",
-        Verdict::of(d_med < 30.0 && !latencies.is_empty()),
-    );
-    report.row(
-        section,
-        "rename → first request that sees it, max",
-        ms(d_max),
-        ms(f_max),
-        ratio(d_max, f_max),
-        "< 100 ms",
-        Verdict::of(d_max < 100.0 && missed == 0),
-    );
-    report.row(
-        section,
-        format!("reloads not seen within {RELOAD_SEEN_DEADLINE:?}"),
-        format!("{missed} of {count}"),
-        "",
-        "",
-        "0",
-        Verdict::of(missed == 0),
-    );
-    report.note(format!(
-        "reload: the reference is a bare notify watcher in the benchmark process (rename → \
-         event, median {}) plus the daemon's {:?} debounce window; the daemon adds the read, \
-         the compile, the swap and the probe request",
-        ms(median(&mut floor.clone())),
-        autohealer::reload::DEBOUNCE_DELAY
-    ));
-    Ok(())
-}
-
-fn reload_under_load(bench: &Bench, report: &mut Report) -> Result<()> {
-    let secs = bench.settings.reload_load_secs;
-    let map_dir = bench.scratch.join("reload-load");
-    std::fs::create_dir_all(&map_dir)?;
-    let map = map_dir.join("map.yml");
-    write_private(&map, &mapgen::reload_map("wf_a", 0))?;
-    let daemon = bench.daemon(&map, "reload-under-load")?;
-    let probe = mapgen::anomaly_body(mapgen::PROBE_NAME);
-    expect_answer(&daemon, &probe, 202, "the daemon")?;
-
-    // The reference: the same daemon under the same load, with the map left alone.
-    let steady = bench
-        .wrk
-        .run(&daemon, "/anomaly", secs, "post.lua", &[probe.as_str()])?;
-
-    let mut wrk = bench
-        .wrk
-        .spawn(&daemon.url("/anomaly"), secs, "post.lua", &[probe.as_str()])?;
-    let mut renames = 0u64;
-    let mut next = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs_f64(secs) + Duration::from_secs(30);
-    while wrk.child.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            bail!("wrk did not finish while the map was being replaced");
-        }
-        renames += 1;
-        let workflow = if renames % 2 == 1 { "wf_b" } else { "wf_a" };
-        replace_by_rename(&map, &mapgen::reload_map(workflow, renames))?;
-        next += REPLACE_EVERY;
-        if let Some(wait) = next.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-    }
-    let under = load::finish(wrk)?;
-    let generation = Client::new(daemon.addr).get("/reflexes")?.json()?["generation"]
-        .as_u64()
-        .context("no generation in GET /reflexes")?;
-    let log = daemon.log.clone().context("no daemon log")?;
-    let log_text = std::fs::read_to_string(&log)?;
-    let rejected = log_text
-        .lines()
-        .filter(|l| l.contains("\"reflex map rejected\"") || l.contains("\"reflex map missing\""))
-        .count();
-
-    let section = "reload under load";
-    let failed = under.socket_errors() + under.status;
-    report.row(
-        section,
-        format!("failed requests, map replaced every {REPLACE_EVERY:?}"),
-        format!("{failed} of {}", under.requests),
-        format!(
-            "{} of {}",
-            steady.wrk.socket_errors() + steady.wrk.status,
-            steady.wrk.requests
-        ),
-        "",
-        "0",
-        Verdict::of(failed == 0),
-    );
-    report.row(
-        section,
-        "requests/s while the map is replaced",
-        format!("{:.0}", under.rps()),
-        format!("{:.0}", steady.wrk.rps()),
-        ratio(under.rps(), steady.wrk.rps()),
-        "",
-        Verdict::Info,
-    );
-    report.row(
-        section,
-        "replacements written / swaps done (generation)",
-        format!("{renames} / {}", generation.saturating_sub(1)),
-        "",
-        "",
-        "",
-        Verdict::Info,
-    );
-    report.row(
-        section,
-        "maps rejected or missing during replacement",
-        rejected.to_string(),
-        "",
-        "",
-        "0",
-        Verdict::of(rejected == 0),
-    );
-    report.note(format!(
-        "reload under load: the reference is the same daemon under the same wrk load for the \
-         same time with the map left alone; the {:?} debounce coalesces replacements, so swaps \
-         are fewer than writes",
-        autohealer::reload::DEBOUNCE_DELAY
-    ));
     Ok(())
 }
 

@@ -246,13 +246,15 @@ impl Server {
     }
 
     /// Starts the daemon on `map` with JSON logs appended to `log` (a file, so that writing the
-    /// log costs what it costs in production and nothing here has to drain a pipe).
+    /// log costs what it costs in production and nothing here has to drain a pipe), and
+    /// `extra` arguments.
     pub fn daemon(
         binary: &Path,
         map: &Path,
         log: &Path,
         cpu: Option<usize>,
         what: &str,
+        extra: &[&str],
     ) -> Result<Server> {
         // A new file, appended to: `rotate_log` can then empty it under the running daemon.
         let stderr = OpenOptions::new()
@@ -265,6 +267,7 @@ impl Server {
             .args(["run", "--listen", "127.0.0.1:0", "--log-format", "json"])
             .args(["--log-level", "info", "--config"])
             .arg(map)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);

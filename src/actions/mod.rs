@@ -34,6 +34,8 @@ pub struct ActionRun {
     pub map_version: Arc<str>,
     pub dry_run: bool,
     pub received_at: SystemTime,
+    /// Set on an escalation (SPEC §9): the action whose failure or relapse started this one.
+    pub escalated_from: Option<Uuid>,
 }
 
 impl ActionRun {

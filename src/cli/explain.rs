@@ -22,7 +22,7 @@ use uuid::Uuid;
 use super::ExplainArgs;
 use crate::actions::{self, ActionRun};
 use crate::anomaly::{validate_name, Details, JsonObject, Source};
-use crate::map::{self, Action, LoadedMap, Pattern, Reflex, Workflow};
+use crate::map::{self, Action, LoadedMap, Pattern, Reflex, Selected, Workflow};
 
 /// How `explain` ended, for the exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,8 +166,10 @@ pub fn explain(path: &Path, loaded: &LoadedMap, anomaly: &str, details: JsonObje
         path: path.display().to_string(),
         version: loaded.version.to_string(),
     };
-    // The daemon's own lookup: exact name first, then the first pattern in file order.
-    let Some((reflex, workflow)) = loaded.map.lookup(anomaly) else {
+    let details = Details::from_object(details);
+    // The daemon's own selection: exact name first, then the patterns in file order, the
+    // first case whose `when` holds.
+    let Some(selected) = loaded.map.select(anomaly, &details) else {
         return Explanation {
             matched: false,
             anomaly: anomaly.to_string(),
@@ -182,29 +184,35 @@ pub fn explain(path: &Path, loaded: &LoadedMap, anomaly: &str, details: JsonObje
     let run = ActionRun {
         action_id: Uuid::now_v7(),
         anomaly: Arc::from(anomaly),
-        workflow: workflow.clone(),
-        details: Arc::new(Details::from_object(details)),
-        params: reflex.params.clone(),
+        workflow: selected.workflow.clone(),
+        details: Arc::new(details),
+        params: selected.case.params.clone(),
         source: Source::Http,
         map_version: loaded.version.clone(),
         dry_run: false,
         received_at: SystemTime::now(),
+        escalated_from: None,
     };
     Explanation {
         matched: true,
         anomaly: anomaly.to_string(),
         map: map_info,
-        reflex: Some(reflex.key.clone()),
+        reflex: Some(selected.reflex.key.to_string()),
         case: None,
-        workflow: Some(workflow.name.to_string()),
-        action: Some(workflow.action.kind()),
-        detail: Some(explain_match(&loaded.map, reflex, &run)),
+        workflow: Some(selected.workflow.name.to_string()),
+        action: Some(selected.workflow.action.kind()),
+        detail: Some(explain_match(&loaded.map, selected, &run)),
     }
 }
 
 /// The explanation of one matched reflex, for the run a dispatch would start. The seam for
 /// cases: when a reflex chooses among cases, the case is picked here and named in the answer.
-pub fn explain_match(map: &map::ReflexMap, reflex: &Reflex, run: &ActionRun) -> MatchExplanation {
+pub fn explain_match(
+    map: &map::ReflexMap,
+    selected: Selected<'_>,
+    run: &ActionRun,
+) -> MatchExplanation {
+    let (reflex, case) = (selected.reflex, selected.case);
     let workflow: &Workflow = &run.workflow;
     let (run_explanation, error) = what_would_run(&workflow.action, run);
     MatchExplanation {
@@ -214,10 +222,10 @@ pub fn explain_match(map: &map::ReflexMap, reflex: &Reflex, run: &ActionRun) -> 
             "exact"
         },
         shadowed: shadowed(map, reflex, &run.anomaly),
-        params: reflex.params.clone(),
+        params: case.params.clone(),
         rails: RailsExplanation {
-            cooldown: humantime::format_duration(reflex.cooldown).to_string(),
-            cooldown_key: run.anomaly.to_string(),
+            cooldown: humantime::format_duration(case.cooldown).to_string(),
+            cooldown_key: case.key_for(&run.anomaly, &run.details).into_owned(),
             max_concurrent: (!matches!(workflow.action, Action::Log))
                 .then_some(workflow.max_concurrent),
             breaker: workflow.breaker.map(|b| BreakerExplanation {
@@ -240,7 +248,7 @@ fn shadowed(map: &map::ReflexMap, reflex: &Reflex, anomaly: &str) -> Vec<String>
         .enumerate()
         .filter(|(i, r)| r.is_pattern && (!reflex.is_pattern || Some(*i) > position))
         .filter(|(_, r)| Pattern::parse(&r.key).is_ok_and(|p| p.matches(anomaly)))
-        .map(|(_, r)| r.key.clone())
+        .map(|(_, r)| r.key.to_string())
         .collect()
 }
 

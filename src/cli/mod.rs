@@ -135,11 +135,12 @@ pub struct RunArgs {
     /// How long shutdown waits for in-flight requests and running actions.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::map::parse_duration)]
     pub shutdown_timeout: Duration,
-    /// Most connections served at once; when full, the longest-idle connection is closed to make
-    /// room, so a flood of idle or slow clients cannot lock out local monitors.
+    /// Most connections served at once; when full, the connection whose unfinished request began
+    /// first (idle, or still sending) is closed to make room, so a flood of idle or slow clients
+    /// cannot lock out local monitors.
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
-    /// How long a client may take to send a request's header, and then its body (SPEC §6 fixes
+    /// How long a client may take to send a whole request, header and body (SPEC §8 fixes
     /// 10s; hidden, so tests can observe a cut-off without waiting that long).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::map::parse_duration, hide = true)]
     pub header_read_timeout: Duration,

@@ -156,6 +156,7 @@ mod tests {
             (SuppressReason::Cooldown, "cooldown"),
             (SuppressReason::InFlight, "in_flight"),
             (SuppressReason::CircuitOpen, "circuit_open"),
+            (SuppressReason::Budget, "budget"),
         ] {
             let suppressed = DispatchOutcome::Suppressed {
                 workflow: Arc::from(workflow),

@@ -25,6 +25,28 @@ pub struct ActionEntry {
     pub started_at: SystemTime,
     pub duration_ms: Option<u64>,
     pub error: Option<String>,
+    /// `pending` while its verification window is open, then `healed` or `not_healed`; null
+    /// for an action whose case does not verify, or that did not end `ok`.
+    pub verdict: Option<&'static str>,
+}
+
+/// An action's verdict (SPEC §9 "Verification").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pending,
+    Healed,
+    NotHealed,
+}
+
+impl Verdict {
+    /// The value of `verdict` in `/actions`, and of the metric's `verdict` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pending => "pending",
+            Verdict::Healed => "healed",
+            Verdict::NotHealed => "not_healed",
+        }
+    }
 }
 
 fn serialize_time<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -53,17 +75,32 @@ impl ActionHistory {
             started_at: run.received_at,
             duration_ms: None,
             error: None,
+            verdict: None,
         });
     }
 
-    /// Fills in how the action ended (if it is still remembered).
-    pub fn finished(&self, action_id: Uuid, report: &ActionReport) {
+    /// Fills in how the action ended (if it is still remembered); `verifying` when it opened a
+    /// verification window.
+    pub fn finished(&self, action_id: Uuid, report: &ActionReport, verifying: bool) {
         let mut entries = self.lock();
         // Recent actions finish first in practice, so search from the newest end.
         if let Some(entry) = entries.iter_mut().rev().find(|e| e.action_id == action_id) {
             entry.outcome = report.outcome.as_str();
             entry.duration_ms = Some(report.duration.as_millis() as u64);
             entry.error = report.error.clone();
+            // A verdict may already be in: another thread's arrival can judge the window
+            // between the rails opening it and this call.
+            if verifying && entry.verdict.is_none() {
+                entry.verdict = Some(Verdict::Pending.as_str());
+            }
+        }
+    }
+
+    /// Records the verdict on an action (if it is still remembered).
+    pub fn judged(&self, action_id: Uuid, verdict: Verdict) {
+        let mut entries = self.lock();
+        if let Some(entry) = entries.iter_mut().rev().find(|e| e.action_id == action_id) {
+            entry.verdict = Some(verdict.as_str());
         }
     }
 

@@ -1,9 +1,11 @@
-//! From an anomaly to a running healing action: one snapshot of the map, one match, the safety
+//! From an anomaly to a running healing action: one snapshot of the map, one case, the safety
 //! rails, one triggered record, then the action on the task tracker so shutdown can wait for it.
 //! `answer` writes what the caller is told; `history` keeps the recent actions for
-//! `GET /actions`.
+//! `GET /actions`; `follow_up` does what comes after an action: its verdict, its escalation,
+//! and the sweeper that judges quiet verification windows on time.
 
 mod answer;
+mod follow_up;
 mod history;
 
 use std::future::Future;
@@ -13,19 +15,20 @@ use std::task::Poll;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use slog::Logger;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::{ContextV7, Timestamp, Uuid};
 
-use crate::actions::{self, ActionReport, ActionRun};
+use crate::actions::{self, ActionReport, ActionRun, Outcome};
 use crate::anomaly::{Anomaly, Source};
 use crate::log::records;
-use crate::map::MapHandle;
-use crate::rails::{Permit, Rails};
+use crate::map::{MapHandle, Workflow};
+use crate::rails::{Admission, Permit, Rails};
 
 pub use answer::{Answer, DispatchOutcome};
-pub use history::{ActionEntry, ActionHistory, HISTORY_CAPACITY};
+pub use history::{ActionEntry, ActionHistory, Verdict, HISTORY_CAPACITY};
 
 /// Orders action ids within a millisecond, as `Uuid::now_v7` does with a context of its own.
 static ACTION_IDS: Mutex<ContextV7> = Mutex::new(ContextV7::new());
@@ -60,6 +63,8 @@ pub struct Dispatcher {
     /// its spawn, so no action can start after the wait began and die without its record.
     accepting: Arc<RwLock<bool>>,
     dry_run: bool,
+    /// Wakes the sweeper when a verification window opens that ends before any other.
+    sweeper: Arc<Notify>,
 }
 
 impl Dispatcher {
@@ -80,6 +85,7 @@ impl Dispatcher {
             cancel,
             accepting: Arc::new(RwLock::new(true)),
             dry_run,
+            sweeper: Arc::new(Notify::new()),
         }
     }
 
@@ -94,7 +100,7 @@ impl Dispatcher {
         &self.history
     }
 
-    /// Matches `anomaly`; when a reflex matches and the rails admit it, writes the triggered
+    /// Matches `anomaly`; when a case takes it and the rails admit it, writes the triggered
     /// record and starts the action.
     pub fn dispatch(&self, anomaly: Anomaly, source: Source) -> DispatchOutcome {
         let accepting = self.accepting.read().unwrap_or_else(|p| p.into_inner());
@@ -103,17 +109,24 @@ impl Dispatcher {
         }
         // One load per anomaly: match, workflow and version all come from the same snapshot.
         let snapshot = self.map.load();
-        let Some((reflex, workflow)) = snapshot.map.lookup(&anomaly.name) else {
+        let Some(selected) = snapshot.map.select(&anomaly.name, &anomaly.details) else {
             records::unmatched(&self.log, &anomaly.name, source);
             return DispatchOutcome::Unmatched;
         };
+        let (case, workflow) = (selected.case, selected.workflow);
         let admitted_at = Instant::now();
-        let permit = match self
-            .rails
-            .admit(&anomaly.name, reflex, workflow, admitted_at)
-        {
+        let key = case.key_for(&anomaly.name, &anomaly.details);
+        let Admission { result, events } =
+            self.rails
+                .admit(&snapshot.map, selected, &anomaly.name, &key, admitted_at);
+        drop(key);
+        let permit = match result {
             Ok(permit) => permit,
             Err(reason) => {
+                if !events.is_empty() {
+                    let details = Arc::new(anomaly.details);
+                    self.report(events, &snapshot, &anomaly.name, &details, source);
+                }
                 records::action_suppressed(
                     &self.log,
                     &anomaly.name,
@@ -127,50 +140,91 @@ impl Dispatcher {
                 };
             }
         };
+        let details = Arc::new(anomaly.details);
+        if !events.is_empty() {
+            self.report(events, &snapshot, &anomaly.name, &details, source);
+        }
         let received_at = SystemTime::now();
         let run = ActionRun {
             action_id: action_id(received_at),
             anomaly: anomaly.name,
             workflow: workflow.clone(),
-            details: Arc::new(anomaly.details),
-            params: reflex.params.clone(),
+            details,
+            params: case.params.clone(),
             source,
             map_version: snapshot.version.clone(),
             dry_run: self.dry_run,
             received_at,
+            escalated_from: None,
         };
+        // Resolved now, from the snapshot that matched, for when the action ends.
+        let escalate = snapshot.map.escalation(case).cloned();
         drop(snapshot);
-        records::action_triggered(&self.log, &run);
-        self.history.started(&run);
         let outcome = DispatchOutcome::Dispatched {
             workflow: run.workflow.name.clone(),
             action_id: run.action_id,
         };
-        // A log-only action (or a dry run) is over as soon as it starts: finish it here rather
-        // than pay for a task (issue 5).
+        self.start(run, permit, escalate, admitted_at);
+        outcome
+    }
+
+    /// Writes the triggered record and runs the action: in place when it ends as it starts
+    /// (log-only, or a dry run: no task to pay for, issue 5), else on the task tracker.
+    fn start(
+        &self,
+        run: ActionRun,
+        permit: Permit,
+        escalate: Option<Arc<Workflow>>,
+        admitted_at: Instant,
+    ) {
+        records::action_triggered(&self.log, &run);
+        self.history.started(&run);
         if let Some(report) = actions::run_at_once(&run) {
             // Over within microseconds of its admission: the same instant serves both (a
             // breaker failure may so be recorded a few microseconds early, which no window
             // measured in seconds can tell).
-            self.finish(&run, permit, &report, admitted_at);
-            return outcome;
+            self.finish(&run, permit, &report, escalate, admitted_at);
+            return;
         }
         let this = self.clone();
         self.tracker.spawn(async move {
             let report = report_of(run_action(&run, &this.cancel)).await;
-            this.finish(&run, permit, &report, Instant::now());
+            this.finish(&run, permit, &report, escalate, Instant::now());
         });
-        outcome
     }
 
-    /// Releases the rails, updates the history and writes the finished record.
-    fn finish(&self, run: &ActionRun, permit: Permit, report: &ActionReport, now: Instant) {
+    /// Releases the rails, updates the history, writes the finished record, and escalates an
+    /// action that failed or timed out when its case says so.
+    fn finish(
+        &self,
+        run: &ActionRun,
+        permit: Permit,
+        report: &ActionReport,
+        escalate: Option<Arc<Workflow>>,
+        now: Instant,
+    ) {
         let breaker = run.workflow.breaker;
-        if let Some(opened) = self.rails.finish(permit, report.outcome, breaker, now) {
-            records::circuit_opened(&self.log, &run.workflow.name, &opened);
+        let finished = self
+            .rails
+            .finish(permit, report.outcome, breaker, run.action_id, now);
+        if let Some(opened) = &finished.circuit_opened {
+            records::circuit_opened(&self.log, &run.workflow.name, opened);
         }
-        self.history.finished(run.action_id, report);
+        self.history
+            .finished(run.action_id, report, finished.verifying);
         records::action_finished(&self.log, run, report);
+        if let Some(overflow) = &finished.overflow {
+            records::rail_state_overflow(&self.log, overflow);
+        }
+        if finished.wake_sweeper {
+            self.sweeper.notify_one();
+        }
+        if report.outcome != Outcome::Ok {
+            if let Some(to) = escalate {
+                let limits = self.map.load().map.limits;
+                self.escalate(run.into(), &to, report.outcome.as_str(), limits);
+            }
+        }
     }
 }
 
@@ -326,6 +380,58 @@ mod tests {
             report.error.as_deref(),
             Some("the action panicked: no message")
         );
+    }
+
+    /// A dispatcher on `text`, logging nowhere.
+    fn dispatcher_on(dir: &tempfile::TempDir, text: &str) -> Dispatcher {
+        let path = dir.path().join("map.yml");
+        std::fs::write(&path, text).unwrap();
+        let loaded = crate::map::load(&path, 1).unwrap();
+        let map = Arc::new(arc_swap::ArcSwap::from_pointee(loaded));
+        let log = Logger::root(slog::Discard, slog::o!());
+        Dispatcher::new(
+            map,
+            log,
+            TaskTracker::new(),
+            CancellationToken::new(),
+            false,
+        )
+    }
+
+    fn verdict(dispatcher: &Dispatcher, action_id: Uuid) -> Option<&'static str> {
+        let entries = dispatcher.history().newest(HISTORY_CAPACITY);
+        entries.iter().find(|e| e.action_id == action_id)?.verdict
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_judges_a_quiet_window_exactly_when_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let dispatcher = dispatcher_on(
+            &dir,
+            "workflows: {page: {}}\nreflexes: {a: {workflow: page, verify: 10m}}\n",
+        );
+        let sweeper = dispatcher.spawn_sweeper();
+        let start = Instant::now();
+        let anomaly = Anomaly::from_json(br#"{"name":"a"}"#).unwrap();
+        let DispatchOutcome::Dispatched { action_id, .. } =
+            dispatcher.dispatch(anomaly, Source::Http)
+        else {
+            panic!("dispatched");
+        };
+        assert_eq!(verdict(&dispatcher, action_id), Some("pending"));
+        let end = start + std::time::Duration::from_secs(600);
+        tokio::time::sleep_until(end - std::time::Duration::from_millis(1)).await;
+        assert_eq!(verdict(&dispatcher, action_id), Some("pending"));
+        tokio::time::sleep_until(end).await;
+        // The sweeper wakes at the same instant; let it run.
+        for _ in 0..10 {
+            if verdict(&dispatcher, action_id) == Some("healed") {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(verdict(&dispatcher, action_id), Some("healed"));
+        sweeper.abort();
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! has acted on and answers `duplicate` for the rest. The memory lives in the server's state,
 //! outside the reflex map, so a reload does not forget it; it is bounded, least recently seen
 //! first out, and so is each key: a fingerprint must be Alertmanager's 16 hex digits and a
-//! `startsAt` a timestamp's length, or the alert is `invalid` (SPEC §8).
+//! `startsAt` a timestamp's length, or the alert is `invalid` (SPEC §8). A `resolved` alert runs
+//! nothing, but heals the actions still waiting for their verdict on it (SPEC §9
+//! "Verification").
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -227,6 +229,8 @@ impl AlertReceiver {
         };
         if alert.status == AlertStatus::Resolved {
             records::alert_resolved(log, &name, &alert.fingerprint, &alert.starts_at);
+            // Nothing runs, but an action waiting for its verdict on this alert is healed.
+            dispatcher.resolved(&name, || alert.details());
             return AlertResult::Resolved { anomaly: name };
         }
         let key = (fingerprint, alert.starts_at.clone());

@@ -330,6 +330,7 @@ fn get_reflexes(state: &ServerState) -> HttpResponse {
             "path": snapshot.path.display().to_string(),
             "reflexes": snapshot.map.reflexes,
             "workflows": snapshot.map.workflows,
+            "limits": snapshot.map.limits,
         }),
     )
 }

@@ -19,6 +19,16 @@ pub fn priority_prefix(level: Level) -> &'static [u8] {
     }
 }
 
+/// The prefix of a stderr line at `level`: its priority when `prioritized` (stderr is the
+/// journal), nothing otherwise.
+pub fn line_prefix(prioritized: bool, level: Level) -> &'static [u8] {
+    if prioritized {
+        priority_prefix(level)
+    } else {
+        b""
+    }
+}
+
 /// A slog-term decorator that starts each record with its priority prefix when `prioritized`.
 pub struct Prioritized<D> {
     pub inner: D,
@@ -31,9 +41,7 @@ impl<D: Decorator> Decorator for Prioritized<D> {
         F: FnOnce(&mut dyn RecordDecorator) -> io::Result<()>,
     {
         self.inner.with_record(record, values, |decorator| {
-            if self.prioritized {
-                decorator.write_all(priority_prefix(record.level()))?;
-            }
+            decorator.write_all(line_prefix(self.prioritized, record.level()))?;
             f(decorator)
         })
     }

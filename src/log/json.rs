@@ -90,8 +90,8 @@ fn write_timestamp(line: &mut Vec<u8>, now: SystemTime) {
     line.extend_from_slice(&fraction);
 }
 
-/// A drain that writes each record as one JSON line, in one write: for files written directly
-/// (the audit log beside the term format) and for benchmarks.
+/// A drain that writes each record as one JSON line, in one write, on the logging thread: for
+/// benchmarks and tests, which measure or read the format without the queue.
 pub struct JsonLines<W: Write> {
     out: RefCell<W>,
 }

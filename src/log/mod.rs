@@ -1,26 +1,32 @@
 //! The log (SPEC §5): `records` (one function per record), the slog pipeline to stderr built
-//! here, `json` (the JSON line format), `queue` (the JSON path's log thread) and the audit file.
+//! here, `json` (the JSON line format), `queue` (the log thread that writes JSON lines in
+//! batches), `term` (the term format's escaping), `journal` (the `<N>` priority prefix) and
+//! `audit` (the audit file).
 //!
-//! The slog pipeline, to stderr. JSON: each record is formatted on the thread that logs
-//! it and written in batches by `log_queue`'s thread, which filters by level itself. Term:
-//! slog-async, which blocks rather than drops, with the level filter in front of it so filtered
-//! records never cross its channel. With `--audit-log`, healing-action records are also
-//! appended to a file as JSON lines. Under the journal, `journal` prefixes each stderr line
-//! with its priority.
+//! The slog pipeline, to stderr. JSON: each record is formatted on the thread that logs it and
+//! written in batches by `queue`'s thread, which filters by level itself. Term: slog-async, which
+//! blocks rather than drops, with the level filter in front of it so filtered records never
+//! cross its channel. With `--audit-log`, healing-action records are also appended to a file as
+//! JSON lines, by `queue`'s thread in both formats. Under the journal, each stderr line starts
+//! with its priority (`journal`); the audit file's never do.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, IsTerminal, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::io::{self, IsTerminal};
+use std::path::Path;
+use std::sync::Arc;
 
 use slog::{o, Drain, Logger};
 
+mod audit;
+#[cfg(test)]
+mod captured;
 pub mod journal;
 pub mod json;
 mod queue;
 pub mod records;
+mod term;
 
-use json::JsonLines;
+use audit::{Audit, AuditFile};
+use queue::Outputs;
 
 /// Records the channel holds before callers block: large enough to absorb bursts without
 /// blocking, small enough that the preallocated ring stays well under a MiB of resident memory.
@@ -35,13 +41,13 @@ pub enum LogFormat {
 
 /// Flushes every queued record when dropped: what `main` holds until it exits.
 pub enum LogGuard {
-    /// The term format's slog-async thread.
-    Async(slog_async::AsyncGuard),
+    /// The term format: the audit log's queue, if any, then slog-async's thread. In that order
+    /// (fields drop in order): the queue's last records about the audit log go through
+    /// slog-async.
+    Term(Option<queue::QueueGuard>, slog_async::AsyncGuard),
     /// The JSON format's queue (see `queue`).
-    Queue(queue::QueueGuard),
+    Json(queue::QueueGuard),
 }
-
-type BoxedDrain = Box<dyn Drain<Ok = (), Err = slog::Never> + Send>;
 
 /// Builds the daemon's root logger. `format` defaults to term on a terminal and JSON otherwise.
 /// `journal`: stderr is the journal, so each line there starts with its priority (`journal`).
@@ -56,116 +62,65 @@ pub fn init(
     } else {
         LogFormat::Json
     });
-    let audit = audit_log.map(AuditFile::open).transpose()?;
+    let audit = match audit_log {
+        Some(path) => Some(Audit::new(AuditFile::open(path)?, path)),
+        None => None,
+    };
     Ok(match format {
         // The daemon's usual case (journald, files): formatted in place, written in batches.
         LogFormat::Json => {
-            let (drain, guard) = queue::start(io::stderr(), level, audit)?;
-            let drain = drain.prioritized(journal);
-            (Logger::root(drain, o!()), LogGuard::Queue(guard))
+            let (drain, guard) = queue::start(Outputs {
+                stderr: Some((io::stderr(), level)),
+                audit,
+                reports: None,
+                journal,
+            })?;
+            (Logger::root(drain, o!()), LogGuard::Json(guard))
         }
         LogFormat::Term => {
+            // Escaped, so no value can start a line of its own (SPEC §8).
+            // Under the journal, each line starts with its priority, outside the escaping.
             let decorator = journal::Prioritized {
-                inner: slog_term::TermDecorator::new().stderr().build(),
+                inner: term::Escaping(slog_term::TermDecorator::new().stderr().build()),
                 prioritized: journal,
             };
-            let stderr = slog::LevelFilter::new(
-                slog_term::FullFormat::new(decorator).build().ignore_res(),
-                level,
-            )
-            .ignore_res();
-            let audit_enabled = audit.is_some();
-            let drain: BoxedDrain = match audit {
-                Some(file) => {
-                    let audit = AuditFilter(JsonLines::new(file).ignore_res());
-                    Box::new(slog::Duplicate::new(stderr, audit).ignore_res())
-                }
-                None => Box::new(stderr),
-            };
-            // The audit log keeps every healing-action record whatever --log-level says, so
-            // the level above applies to stderr alone, and the filter in front of the channel
-            // is the rule `queue` applies to the JSON path (`records::is_kept`).
-            let (async_drain, guard) = slog_async::Async::new(drain)
+            let formatter = slog_term::FullFormat::new(decorator).build().ignore_res();
+            let (async_drain, async_guard) = slog_async::Async::new(formatter)
                 .chan_size(LOG_CHANNEL_RECORDS)
                 .overflow_strategy(slog_async::OverflowStrategy::Block)
-                .thread_name("autohealer-log".into())
+                .thread_name("autohealer-term".into())
                 .build_with_guard();
-            (
-                Logger::root(
-                    slog::Filter::new(async_drain, move |record| {
-                        records::is_kept(record, level, audit_enabled)
-                    })
-                    .ignore_res(),
-                    o!(),
+            // The level applies to stderr alone (the audit log keeps every healing-action
+            // record whatever --log-level says), in front of the channel so filtered records
+            // never cross it.
+            let stderr = Arc::new(slog::LevelFilter::new(async_drain, level).ignore_res());
+            match audit {
+                None => (
+                    Logger::root(stderr, o!()),
+                    LogGuard::Term(None, async_guard),
                 ),
-                LogGuard::Async(guard),
-            )
-        }
-    })
-}
-
-/// Passes on only the healing-action records.
-struct AuditFilter<D>(D);
-
-impl<D: Drain<Ok = (), Err = slog::Never>> Drain for AuditFilter<D> {
-    type Ok = ();
-    type Err = slog::Never;
-
-    fn log(&self, record: &slog::Record, values: &slog::OwnedKVList) -> Result<(), slog::Never> {
-        if records::is_audit(record) {
-            self.0.log(record, values)?;
-        }
-        Ok(())
-    }
-}
-
-/// An append-only audit file that follows rotation: when the path no longer names the file it
-/// has open (renamed away by logrotate, or deleted), it opens the path anew before writing.
-struct AuditFile {
-    path: PathBuf,
-    file: File,
-    identity: (u64, u64),
-}
-
-impl AuditFile {
-    fn open(path: &Path) -> io::Result<AuditFile> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o640)
-            .open(path)
-            .map_err(|err| {
-                io::Error::new(
-                    err.kind(),
-                    format!("cannot open the audit log {}: {err}", path.display()),
-                )
-            })?;
-        let meta = file.metadata()?;
-        Ok(AuditFile {
-            path: path.to_path_buf(),
-            file,
-            identity: (meta.dev(), meta.ino()),
-        })
-    }
-
-    fn reopen_if_rotated(&mut self) {
-        let current = std::fs::metadata(&self.path).map(|m| (m.dev(), m.ino()));
-        if current.ok() != Some(self.identity) {
-            // On failure keep writing to the old handle rather than losing the record.
-            if let Ok(reopened) = AuditFile::open(&self.path) {
-                *self = reopened;
+                // The audit records go to the queue, formatted as JSON on the logging thread;
+                // the queue's thread writes and syncs the file, and reports its failures
+                // through slog-async (another thread, so waiting on it cannot deadlock).
+                Some(audit) => {
+                    let (audit_drain, queue_guard) = queue::start(Outputs {
+                        stderr: None::<(io::Stderr, slog::Level)>,
+                        audit: Some(audit),
+                        reports: Some(Logger::root(stderr.clone(), o!())),
+                        // Not stderr: the queue writes only the audit log here.
+                        journal: false,
+                    })?;
+                    let both = slog::Duplicate::new(stderr, audit_drain).ignore_res();
+                    // What neither side keeps is dropped once, before either looks at it.
+                    let kept = slog::Filter::new(both, move |record| {
+                        records::is_kept(record, level, true)
+                    });
+                    (
+                        Logger::root(kept.ignore_res(), o!()),
+                        LogGuard::Term(Some(queue_guard), async_guard),
+                    )
+                }
             }
         }
-    }
-}
-
-impl Write for AuditFile {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.reopen_if_rotated();
-        self.file.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
+    })
 }

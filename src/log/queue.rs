@@ -1,6 +1,7 @@
-//! The JSON log path: each record is formatted on the thread that logs it (`json_log`) and
-//! appended to a shared batch, which the `autohealer-log` thread writes in one write(2) to stderr
-//! (and one to the audit log).
+//! The JSON log path, and the audit log's in both formats: each record is formatted as JSON on
+//! the thread that logs it (`json`) and appended to a shared batch, which the `autohealer-log`
+//! thread writes in one write(2) to stderr (and one to the audit log, which it also syncs:
+//! `audit`). In the term format the queue takes the audit records only.
 //!
 //! slog-async copied every key of every record into owned values, sent them, re-formatted them on
 //! its thread and freed the copies (issue 5, callgrind). Here a record costs one copy of its line
@@ -12,10 +13,11 @@
 use std::io::{self, Write};
 use std::mem;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use slog::Drain;
+use slog::{o, Drain, Logger};
 
+use super::audit::{Audit, Target};
 use super::{journal, json, records};
 
 /// Bytes a batch holds before a logging thread blocks until the log thread has taken it.
@@ -35,11 +37,11 @@ const RETAINED_BATCH_BYTES: usize = 1024 * 1024;
 /// What loggers and the log thread share.
 struct Shared {
     batch: Mutex<Batch>,
-    /// Signalled for the log thread: lines arrived while it was idle, or a drain or guard went
-    /// away.
+    /// Signalled for the log thread: lines arrived while it was idle, a flush is wanted, or a
+    /// drain or guard went away.
     work: Condvar,
-    /// Signalled by the log thread once a batch is taken and written: for loggers waiting for
-    /// room and for flushes.
+    /// Signalled by the log thread once a batch is taken and written, and once what was
+    /// written is synced: for loggers waiting for room and for flushes.
     written: Condvar,
 }
 
@@ -48,15 +50,17 @@ struct Shared {
 struct Batch {
     stderr: Vec<u8>,
     audit: Vec<u8>,
-    /// Lines appended since the start, and lines written: a flush waits until `written`
-    /// reaches what `appended` was when it was asked.
+    /// Lines appended since the start, and lines flushed (written, and with an audit log,
+    /// synced): a flush waits until `flushed` reaches what `appended` was when it was asked.
     appended: u64,
-    written: u64,
+    flushed: u64,
     /// The log thread waits on `work`; only then does a logger need to signal it.
     idle: bool,
     /// Threads waiting on `written` (a flush, or a logger waiting for room); the log thread
     /// signals only when there are some, and then writes without waiting for the window.
     waiting: usize,
+    /// Of those, the flushes: the log thread syncs the audit log for them at once.
+    flushes: usize,
     /// The drain and the guard not yet dropped; the log thread ends when none is left.
     handles: usize,
     /// The log thread has ended (it cannot fail, but a waiter must never wait for it forever).
@@ -100,18 +104,35 @@ impl Shared {
     }
 }
 
+/// Where the queue writes.
+pub struct Outputs<E, T> {
+    /// stderr and the level from which records go to it; none in the term format, whose
+    /// stderr slog-term writes.
+    pub stderr: Option<(E, slog::Level)>,
+    /// The audit log, for the healing-action records (`records::is_audit`).
+    pub audit: Option<Audit<T>>,
+    /// Where the log thread writes its own records (about the audit log); none: this queue's
+    /// stderr. The log thread cannot log through the queue as others do: it would wait for room
+    /// only it can make.
+    pub reports: Option<Logger>,
+    /// stderr is the journal: each stderr line starts with its priority (`journal`); the audit
+    /// log's lines never do.
+    pub journal: bool,
+}
+
 /// A slog drain that formats JSON records in place and adds them to the batch.
 pub struct QueuedJson {
     shared: Arc<Shared>,
-    /// Records below this level go to the audit log only (or nowhere).
-    stderr_level: slog::Level,
+    /// Records from this level go to stderr; below it, to the audit log only (or nowhere).
+    stderr_level: Option<slog::Level>,
     /// Whether healing-action records (`records::is_audit`) are also written to the audit log.
     audit: bool,
     /// stderr is the journal: each stderr line starts with its priority (`journal`).
-    prioritized: bool,
+    journal: bool,
 }
 
-/// Flushes the batch when dropped: every record logged before is written.
+/// Flushes the queue when dropped: every record logged before is written, and the audit log
+/// synced.
 pub struct QueueGuard {
     shared: Arc<Shared>,
 }
@@ -119,12 +140,15 @@ pub struct QueueGuard {
 impl Drop for QueueGuard {
     fn drop(&mut self) {
         let mut batch = self.shared.lock();
-        // Lines not yet written are in the batch (so the log thread is awake) or being
-        // written; waiting counts in `waiting`, which also cuts the thread's window short.
         let target = batch.appended;
-        while batch.written < target && !batch.stopped {
+        // Counted in `flushes` so the log thread syncs at once; woken, since it may be idle
+        // with a sync not yet due.
+        batch.flushes += 1;
+        self.shared.work.notify_one();
+        while batch.flushed < target && !batch.stopped {
             batch = self.shared.wait_written(batch);
         }
+        batch.flushes -= 1;
         drop(batch);
         self.shared.release();
     }
@@ -136,16 +160,11 @@ impl Drop for QueuedJson {
     }
 }
 
-/// Starts the log thread writing to `stderr` and, when given, `audit` (the healing-action
-/// records); returns the drain and the guard that flushes it.
-pub fn start<E, A>(
-    stderr: E,
-    stderr_level: slog::Level,
-    audit: Option<A>,
-) -> io::Result<(QueuedJson, QueueGuard)>
+/// Starts the log thread writing to `outputs`; returns the drain and the guard that flushes it.
+pub fn start<E, T>(outputs: Outputs<E, T>) -> io::Result<(QueuedJson, QueueGuard)>
 where
     E: Write + Send + 'static,
-    A: Write + Send + 'static,
+    T: Target + 'static,
 {
     let shared = Arc::new(Shared {
         batch: Mutex::new(Batch {
@@ -155,26 +174,43 @@ where
         work: Condvar::new(),
         written: Condvar::new(),
     });
-    let has_audit = audit.is_some();
-    let for_thread = shared.clone();
-    std::thread::Builder::new()
-        .name("autohealer-log".into())
-        .spawn(move || write_batches(&for_thread, stderr, audit))?;
+    let Outputs {
+        stderr,
+        audit,
+        reports,
+        journal,
+    } = outputs;
+    let stderr_level = stderr.as_ref().map(|(_, level)| *level);
+    let reports = match (reports, stderr_level) {
+        (Some(reports), _) => reports,
+        (None, Some(stderr_level)) => Logger::root(
+            OwnRecords {
+                shared: shared.clone(),
+                stderr_level,
+                journal,
+            },
+            o!(),
+        ),
+        (None, None) => Logger::root(slog::Discard, o!()),
+    };
     let drain = QueuedJson {
         shared: shared.clone(),
         stderr_level,
-        audit: has_audit,
-        prioritized: false,
+        audit: audit.is_some(),
+        journal,
     };
+    let for_thread = shared.clone();
+    std::thread::Builder::new()
+        .name("autohealer-log".into())
+        .spawn(move || {
+            write_batches(
+                &for_thread,
+                stderr.map(|(stderr, _)| stderr),
+                audit,
+                &reports,
+            )
+        })?;
     Ok((drain, QueueGuard { shared }))
-}
-
-impl QueuedJson {
-    /// Starts each stderr line with its priority when `prioritized` (stderr is the journal).
-    pub fn prioritized(mut self, prioritized: bool) -> QueuedJson {
-        self.prioritized = prioritized;
-        self
-    }
 }
 
 impl Drain for QueuedJson {
@@ -182,16 +218,14 @@ impl Drain for QueuedJson {
     type Err = slog::Never;
 
     fn log(&self, record: &slog::Record, values: &slog::OwnedKVList) -> Result<(), slog::Never> {
-        if !records::is_kept(record, self.stderr_level, self.audit) {
+        let to_stderr = self
+            .stderr_level
+            .is_some_and(|level| record.level().is_at_least(level));
+        let to_audit = self.audit && records::is_audit(record);
+        if !to_stderr && !to_audit {
             return Ok(());
         }
-        let to_stderr = record.level().is_at_least(self.stderr_level);
-        let to_audit = self.audit && records::is_audit(record);
-        let prefix: &[u8] = if self.prioritized {
-            journal::priority_prefix(record.level())
-        } else {
-            b""
-        };
+        let prefix = journal::line_prefix(self.journal, record.level());
         json::with_line(record, values, |line| {
             let mut batch = self.shared.lock();
             while batch.bytes() >= BATCH_LIMIT_BYTES && !batch.stopped {
@@ -223,9 +257,45 @@ impl Drain for QueuedJson {
     }
 }
 
+/// The drain of the log thread's own records in the JSON format: appends them to the stderr
+/// lines without waiting for room (only the log thread makes room, and it is the one logging;
+/// its records are few: at most one every 10 s while the audit log fails). The thread writes
+/// them with its next batch.
+struct OwnRecords {
+    shared: Arc<Shared>,
+    stderr_level: slog::Level,
+    /// stderr is the journal: each line starts with its priority (`journal`).
+    journal: bool,
+}
+
+impl Drain for OwnRecords {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, record: &slog::Record, values: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        if record.level().is_at_least(self.stderr_level) {
+            json::with_line(record, values, |line| {
+                let mut batch = self.shared.lock();
+                batch
+                    .stderr
+                    .extend_from_slice(journal::line_prefix(self.journal, record.level()));
+                batch.stderr.extend_from_slice(line);
+                batch.appended += 1;
+            });
+        }
+        Ok(())
+    }
+}
+
 /// The log thread: waits for a line, lets more gather for `BATCH_WINDOW`, takes the batch and
-/// writes it; ends once the drain and the guard are both gone and everything is written.
-fn write_batches<E: Write, A: Write>(shared: &Shared, mut stderr: E, mut audit: Option<A>) {
+/// writes it; syncs the audit log when due, or at once for a flush; ends once the drain and the
+/// guard are both gone and everything is written and synced.
+fn write_batches<E: Write, T: Target>(
+    shared: &Shared,
+    mut stderr: Option<E>,
+    mut audit: Option<Audit<T>>,
+    reports: &Logger,
+) {
     /// Marks the thread stopped however it ends, and wakes whoever waits for it.
     struct Stopped<'a>(&'a Shared);
     impl Drop for Stopped<'_> {
@@ -236,85 +306,108 @@ fn write_batches<E: Write, A: Write>(shared: &Shared, mut stderr: E, mut audit: 
     }
     let _stopped = Stopped(shared);
     let (mut stderr_lines, mut audit_lines) = (Vec::new(), Vec::new());
+    // `appended` as of the last batch taken and written.
+    let mut written = 0;
     let mut batch = shared.lock();
     loop {
         let is_alone = batch.handles == 0;
-        if batch.is_empty() {
-            if is_alone {
-                return;
+        if !batch.is_empty() {
+            // No window when a flush or a blocked logger waits, or nobody is left to add lines.
+            if batch.waiting == 0 && !is_alone {
+                drop(batch);
+                std::thread::sleep(BATCH_WINDOW);
+                batch = shared.lock();
             }
-            batch.idle = true;
-            batch = shared
-                .work
-                .wait(batch)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            batch.idle = false;
+            mem::swap(&mut batch.stderr, &mut stderr_lines);
+            mem::swap(&mut batch.audit, &mut audit_lines);
+            written = batch.appended;
+            drop(batch);
+            // Nothing can be done with a failed write to stderr (closed, or its reader gone);
+            // the audit log's failures are counted and reported (`Audit`).
+            if let Some(stderr) = stderr.as_mut().filter(|_| !stderr_lines.is_empty()) {
+                let _ = stderr.write_all(&stderr_lines);
+                let _ = stderr.flush();
+            }
+            if let Some(audit) = audit.as_mut().filter(|_| !audit_lines.is_empty()) {
+                audit.write(&audit_lines, reports, Instant::now());
+            }
+            for lines in [&mut stderr_lines, &mut audit_lines] {
+                lines.clear();
+                lines.shrink_to(RETAINED_BATCH_BYTES);
+            }
+            batch = shared.lock();
+            if batch.waiting > 0 {
+                shared.written.notify_all();
+            }
+        }
+        // The audit log is synced within a second of a write, and at once for a flush.
+        let sync_due = audit.as_ref().and_then(Audit::sync_due);
+        if let (Some(audit), Some(due)) = (audit.as_mut(), sync_due) {
+            if batch.flushes > 0 || is_alone || due <= Instant::now() {
+                drop(batch);
+                audit.sync(reports, Instant::now());
+                batch = shared.lock();
+            }
+        }
+        let sync_due = audit.as_ref().and_then(Audit::sync_due);
+        if sync_due.is_none() && batch.flushed < written {
+            batch.flushed = written;
+            if batch.waiting > 0 {
+                shared.written.notify_all();
+            }
+        }
+        if !batch.is_empty() {
             continue;
         }
-        // No window when a flush or a blocked logger waits, or nobody is left to add lines.
-        if batch.waiting == 0 && !is_alone {
-            drop(batch);
-            std::thread::sleep(BATCH_WINDOW);
-            batch = shared.lock();
+        if is_alone && sync_due.is_none() {
+            return;
         }
-        mem::swap(&mut batch.stderr, &mut stderr_lines);
-        mem::swap(&mut batch.audit, &mut audit_lines);
-        let taken = batch.appended;
-        drop(batch);
-        // Nothing else can be done with a failed write: stderr closed or the disk full.
-        if !stderr_lines.is_empty() {
-            let _ = stderr.write_all(&stderr_lines);
-            let _ = stderr.flush();
-        }
-        if let Some(audit) = audit.as_mut().filter(|_| !audit_lines.is_empty()) {
-            let _ = audit.write_all(&audit_lines);
-            let _ = audit.flush();
-        }
-        for lines in [&mut stderr_lines, &mut audit_lines] {
-            lines.clear();
-            lines.shrink_to(RETAINED_BATCH_BYTES);
-        }
-        batch = shared.lock();
-        batch.written = taken;
-        if batch.waiting > 0 {
-            shared.written.notify_all();
-        }
+        batch.idle = true;
+        batch = match sync_due {
+            None => shared
+                .work
+                .wait(batch)
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            Some(due) => {
+                let timeout = due.saturating_duration_since(Instant::now());
+                let (batch, _) = shared
+                    .work
+                    .wait_timeout(batch, timeout)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                batch
+            }
+        };
+        batch.idle = false;
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::captured::Captured;
     use super::*;
+    use std::path::Path;
+    use std::sync::atomic::Ordering;
     use std::sync::mpsc;
 
-    /// A writer tests can read back.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Captured {
-        fn lines(&self) -> Vec<serde_json::Value> {
-            String::from_utf8(self.0.lock().unwrap().clone())
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect()
-        }
+    /// A queue writing to `stderr` from `level` and, when given, to the audit log `audit`.
+    fn start_on<E: Write + Send + 'static, T: Target + 'static>(
+        stderr: E,
+        level: slog::Level,
+        audit: Option<T>,
+    ) -> (QueuedJson, QueueGuard) {
+        start(Outputs {
+            stderr: Some((stderr, level)),
+            audit: audit.map(|audit| Audit::new(audit, Path::new("audit.log"))),
+            reports: None,
+            journal: false,
+        })
+        .unwrap()
     }
 
     #[test]
     fn every_record_is_written_by_the_time_the_guard_is_dropped() {
         let (stderr, audit) = (Captured::default(), Captured::default());
-        let (drain, guard) = start(stderr.clone(), slog::Level::Info, Some(audit.clone())).unwrap();
+        let (drain, guard) = start_on(stderr.clone(), slog::Level::Info, Some(audit.clone()));
         let log = slog::Logger::root(drain.fuse(), slog::o!());
         let threads: Vec<_> = (0..4)
             .map(|t| {
@@ -372,7 +465,7 @@ mod tests {
         let (open, gate) = mpsc::channel();
         let stderr = Captured::default();
         let gated = Gated(stderr.clone(), Some(gate));
-        let (drain, guard) = start(gated, slog::Level::Info, None::<Captured>).unwrap();
+        let (drain, guard) = start_on(gated, slog::Level::Info, None::<Captured>);
         let shared = guard.shared.clone();
         let log = slog::Logger::root(drain.fuse(), slog::o!());
         let filler = "x".repeat(1024);
@@ -405,7 +498,7 @@ mod tests {
     #[test]
     fn the_log_thread_writes_what_is_left_and_ends_once_the_drain_and_the_guard_are_gone() {
         let stderr = Captured::default();
-        let (drain, guard) = start(stderr.clone(), slog::Level::Info, None::<Captured>).unwrap();
+        let (drain, guard) = start_on(stderr.clone(), slog::Level::Info, None::<Captured>);
         let shared = guard.shared.clone();
         drop(guard);
         // The drain outlives the guard (loggers are cloned everywhere) and still logs.
@@ -428,7 +521,7 @@ mod tests {
                 Ok(())
             }
         }
-        let (drain, guard) = start(Broken, slog::Level::Info, None::<Captured>).unwrap();
+        let (drain, guard) = start_on(Broken, slog::Level::Info, None::<Captured>);
         let shared = guard.shared.clone();
         let log = slog::Logger::root(drain.fuse(), slog::o!());
         slog::info!(log, "kills the writer");
@@ -442,12 +535,147 @@ mod tests {
     #[test]
     fn audit_records_below_the_stderr_level_still_reach_the_audit_log() {
         let (stderr, audit) = (Captured::default(), Captured::default());
-        let (drain, guard) =
-            start(stderr.clone(), slog::Level::Critical, Some(audit.clone())).unwrap();
+        let (drain, guard) = start_on(stderr.clone(), slog::Level::Critical, Some(audit.clone()));
         let log = slog::Logger::root(drain.fuse(), slog::o!());
         slog::warn!(log, #"audit", "healing action suppressed");
         drop(guard);
         assert!(stderr.lines().is_empty());
         assert_eq!(audit.lines().len(), 1);
+    }
+
+    #[test]
+    fn the_audit_log_is_synced_within_a_second_of_a_write_and_when_the_guard_is_dropped() {
+        let (stderr, audit) = (Captured::default(), Captured::default());
+        let (drain, guard) = start_on(stderr.clone(), slog::Level::Info, Some(audit.clone()));
+        let log = slog::Logger::root(drain.fuse(), slog::o!());
+        slog::info!(log, "not audited");
+        slog::crit!(log, #"audit", "healing action triggered");
+        // No more records: the idle log thread still syncs once the interval is up.
+        wait_until("a sync", || audit.syncs() == 1);
+        assert_eq!(audit.lines().len(), 1);
+        slog::crit!(log, #"audit", "healing action finished");
+        drop(guard);
+        assert_eq!(audit.syncs(), 2, "the guard waits for the sync");
+        assert_eq!(audit.lines().len(), 2);
+        assert_eq!(stderr.lines().len(), 3);
+    }
+
+    /// An audit target whose writes fail until `healed` is set, as on a full disk.
+    struct Full {
+        healed: Arc<std::sync::atomic::AtomicBool>,
+        written: Captured,
+    }
+
+    impl Target for Full {
+        fn append(&mut self, lines: &[u8]) -> io::Result<()> {
+            if !self.healed.load(Ordering::SeqCst) {
+                return Err(io::Error::from_raw_os_error(28));
+            }
+            self.written.append(lines)
+        }
+        fn sync(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn under_the_journal_every_stderr_line_starts_with_its_priority_and_no_audit_line_does() {
+        let stderr = Captured::default();
+        let healed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let full = Full {
+            healed: healed.clone(),
+            written: Captured::default(),
+        };
+        let audited = full.written.clone();
+        let (drain, guard) = start(Outputs {
+            stderr: Some((stderr.clone(), slog::Level::Info)),
+            audit: Some(Audit::new(full, Path::new("audit.log"))),
+            reports: None,
+            journal: true,
+        })
+        .unwrap();
+        let log = slog::Logger::root(drain.fuse(), slog::o!());
+        slog::info!(log, "plain");
+        slog::crit!(log, #"audit", "healing action triggered");
+        // The log thread's own records (the audit log failing, then recovering) too.
+        wait_until("the failure on stderr", || {
+            stderr.text().contains("audit log write failed")
+        });
+        healed.store(true, Ordering::SeqCst);
+        slog::warn!(log, #"audit", "healing action suppressed");
+        drop(guard);
+        let text = stderr.text();
+        let mut messages = Vec::new();
+        for line in text.lines() {
+            let (prefix, json) = line.split_at(line.find('{').unwrap());
+            let record: serde_json::Value = serde_json::from_str(json).unwrap();
+            let level = match record["level"].as_str().unwrap() {
+                "CRIT" => slog::Level::Critical,
+                "ERRO" => slog::Level::Error,
+                "WARN" => slog::Level::Warning,
+                "INFO" => slog::Level::Info,
+                other => panic!("level {other}"),
+            };
+            assert_eq!(prefix.as_bytes(), journal::priority_prefix(level), "{line}");
+            messages.push(record["msg"].as_str().unwrap().to_string());
+        }
+        for expected in [
+            "plain",
+            "healing action triggered",
+            "audit log write failed",
+            "audit log recovered",
+            "healing action suppressed",
+        ] {
+            assert!(messages.iter().any(|m| m == expected), "{expected}: {text}");
+        }
+        // Plain JSON lines, or `lines` could not parse them.
+        let audited = audited.lines();
+        assert_eq!(audited.len(), 1);
+        assert_eq!(audited[0]["msg"], "healing action suppressed");
+    }
+
+    #[test]
+    fn a_failing_audit_log_is_reported_on_stderr_which_still_gets_every_record() {
+        let stderr = Captured::default();
+        let healed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let full = Full {
+            healed: healed.clone(),
+            written: Captured::default(),
+        };
+        let written = full.written.clone();
+        let (drain, guard) = start_on(stderr.clone(), slog::Level::Info, Some(full));
+        let log = slog::Logger::root(drain.fuse(), slog::o!());
+        // Batches big enough to fill the queue: the log thread's own record must not wait for
+        // room only it can make.
+        let filler = "x".repeat(1024);
+        let records = 2 * BATCH_LIMIT_BYTES / 1024;
+        for i in 0..records {
+            slog::crit!(log, #"audit", "healing action triggered"; "i" => i, "x" => &filler);
+        }
+        let count = |msg: &str| {
+            stderr
+                .lines()
+                .iter()
+                .filter(|line| line["msg"] == msg)
+                .count()
+        };
+        wait_until("the failure on stderr", || {
+            count("audit log write failed") == 1
+        });
+        healed.store(true, Ordering::SeqCst);
+        slog::crit!(log, #"audit", "healing action finished");
+        drop(guard);
+        assert_eq!(count("healing action triggered"), records);
+        assert_eq!(count("audit log write failed"), 1, "once per 10 s");
+        assert_eq!(count("audit log recovered"), 1);
+        let recovered = stderr
+            .lines()
+            .into_iter()
+            .find(|line| line["msg"] == "audit log recovered")
+            .unwrap();
+        assert!(recovered["failed_writes"].as_u64().unwrap() >= 1);
+        assert!(recovered["lost_records"].as_u64().unwrap() >= 1);
+        let audited = written.lines();
+        assert_eq!(audited.last().unwrap()["msg"], "healing action finished");
     }
 }

@@ -14,7 +14,7 @@ use crate::actions::{ActionReport, ActionRun};
 use crate::anomaly::Source;
 use crate::map::LoadedMap;
 use crate::metrics::{self, Received};
-use crate::rails::{CircuitOpened, SuppressReason};
+use crate::rails::{BudgetExhausted, CircuitOpened, NotHealed, Overflow, SuppressReason, Verified};
 
 /// The slog tag of the records that describe healing actions: what the audit log keeps.
 /// (A tag survives slog-async's channel; the message's static string does not.)
@@ -53,22 +53,113 @@ impl Trigger {
     }
 }
 
-/// CRIT `healing action triggered`: the traceable record of a healing action starting.
+/// The `source` of an escalation's triggered record (SPEC §9).
+const ESCALATION_SOURCE: &str = "escalation";
+
+/// CRIT `healing action triggered`: the traceable record of a healing action starting. An
+/// escalation says `source: escalation` and names the action it escalates in `escalated_from`;
+/// it is no anomaly received, so it does not count as one.
 pub fn action_triggered(log: &Logger, run: &ActionRun) {
+    let source = match run.escalated_from {
+        Some(_) => ESCALATION_SOURCE,
+        None => run.source.as_str(),
+    };
     crit!(log, #AUDIT_TAG, "healing action triggered";
+        EscalatedFrom(run.escalated_from),
         "dry_run" => run.dry_run,
         "params" => slog::Serde(run.params.clone()),
         "details" => slog::Serde(run.details.clone()),
         "map_version" => &*run.map_version,
-        "source" => run.source.as_str(),
+        "source" => source,
         "action" => run.workflow.action.kind(),
         "workflow" => &run.workflow.name,
         "anomaly" => &run.anomaly,
         "action_id" => &*run.action_id.hyphenated().encode_lower(&mut Uuid::encode_buffer()),
     );
     let metrics = metrics::global();
-    metrics.anomaly_received(run.source, Received::Dispatched);
+    if run.escalated_from.is_none() {
+        metrics.anomaly_received(run.source, Received::Dispatched);
+    }
     metrics.action_started();
+}
+
+/// CRIT `healing action escalated`: action `action_id` failed, timed out or was not healed
+/// (`reason`), and its case's escalation started `escalation_action_id`.
+pub fn action_escalated(
+    log: &Logger,
+    action_id: Uuid,
+    anomaly: &str,
+    workflow: &str,
+    reason: &str,
+    escalation_action_id: Uuid,
+) {
+    crit!(log, #AUDIT_TAG, "healing action escalated";
+        "escalation_action_id" => &*escalation_action_id.hyphenated().encode_lower(&mut Uuid::encode_buffer()),
+        "reason" => reason,
+        "workflow" => workflow,
+        "anomaly" => anomaly,
+        "action_id" => &*action_id.hyphenated().encode_lower(&mut Uuid::encode_buffer()),
+    );
+}
+
+/// WARN `healing action suppressed` for an escalation its workflow's own rails held back; it
+/// names the action it would have escalated, and counts as no anomaly received.
+pub fn escalation_suppressed(
+    log: &Logger,
+    anomaly: &str,
+    workflow: &str,
+    reason: SuppressReason,
+    escalated_from: Uuid,
+) {
+    warn!(log, #AUDIT_TAG, "healing action suppressed";
+        "escalated_from" => &*escalated_from.hyphenated().encode_lower(&mut Uuid::encode_buffer()),
+        "reason" => reason.as_str(),
+        "workflow" => workflow,
+        "anomaly" => anomaly,
+    );
+}
+
+/// CRIT `healing action not healed`: the action's key came back inside its verify window.
+pub fn action_not_healed(log: &Logger, not_healed: &NotHealed) {
+    crit!(log, #AUDIT_TAG, "healing action not healed";
+        "recurred_after_ms" => not_healed.recurred_after.as_millis() as u64,
+        "workflow" => &*not_healed.workflow,
+        "anomaly" => &*not_healed.anomaly,
+        "action_id" => &*not_healed.action_id.hyphenated().encode_lower(&mut Uuid::encode_buffer()),
+    );
+    metrics::global().action_verified(&not_healed.workflow, "not_healed");
+}
+
+/// INFO `healing action verified`: the verify window passed quietly, or Alertmanager resolved
+/// the alert (`verified_by`).
+pub fn action_verified(log: &Logger, verified: &Verified) {
+    info!(log, #AUDIT_TAG, "healing action verified";
+        "verified_by" => verified.by.as_str(),
+        "workflow" => &*verified.workflow,
+        "anomaly" => &*verified.anomaly,
+        "action_id" => &*verified.action_id.hyphenated().encode_lower(&mut Uuid::encode_buffer()),
+    );
+    metrics::global().action_verified(&verified.workflow, "healed");
+}
+
+/// CRIT `budget exhausted`: `limits.actions` is spent; exec and webhook actions are held back
+/// (reason `budget`) until `until`. Once each time the budget trips.
+pub fn budget_exhausted(log: &Logger, exhausted: &BudgetExhausted) {
+    let until = SystemTime::now() + exhausted.open_for;
+    crit!(log, #AUDIT_TAG, "budget exhausted";
+        "until" => %humantime::format_rfc3339_seconds(until),
+        "within" => %humantime::format_duration(exhausted.within),
+        "max" => exhausted.max,
+    );
+}
+
+/// WARN `rail state overflow`: a reflex's per-key table is full, so new keys share one cooldown
+/// (more suppression, never less). The rails report it at most once a minute.
+pub fn rail_state_overflow(log: &Logger, overflow: &Overflow) {
+    warn!(log, "rail state overflow";
+        "max_keys" => overflow.max_keys,
+        "reflex" => &*overflow.reflex,
+    );
 }
 
 /// CRIT `healing action finished`: how the action ended, with its kind-specific keys.
@@ -270,6 +361,41 @@ pub fn shutdown_timed_out(log: &Logger, what: &str) {
 /// WARN `accept failed`: the listener could not take a connection (e.g. out of descriptors).
 pub fn accept_failed(log: &Logger, error: &std::io::Error) {
     warn!(log, "accept failed"; "error" => %error);
+}
+
+/// The triggered record's `escalated_from`, emitted only for an escalation.
+struct EscalatedFrom(Option<Uuid>);
+
+impl slog::KV for EscalatedFrom {
+    fn serialize(&self, _record: &slog::Record, s: &mut dyn slog::Serializer) -> slog::Result {
+        if let Some(from) = self.0 {
+            s.emit_str(
+                "escalated_from",
+                from.hyphenated().encode_lower(&mut Uuid::encode_buffer()),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// ERRO `audit log write failed`: records could not be written to the audit log (disk full, an
+/// I/O error); they reached stderr. The metric counts every failed write; the record is written
+/// only when `report` is true (the audit log reports a failure at most once every 10 s).
+pub fn audit_write_failed(log: &Logger, path: &Path, error: &std::io::Error, report: bool) {
+    metrics::global().audit_write_failed();
+    if report {
+        error!(log, "audit log write failed"; "error" => %error, "path" => %path.display());
+    }
+}
+
+/// INFO `audit log recovered`: a write to the audit log worked again after `failed_writes`
+/// failed ones, which lost `lost_records` records from the file (not from stderr).
+pub fn audit_recovered(log: &Logger, path: &Path, failed_writes: u64, lost_records: u64) {
+    info!(log, "audit log recovered";
+        "lost_records" => lost_records,
+        "failed_writes" => failed_writes,
+        "path" => %path.display(),
+    );
 }
 
 /// The finished record's optional keys, emitted only when they apply.

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use indexmap::IndexMap;
 
-use super::schema::{RawFile, ReflexKey};
-use super::{Action, ConfigError, ConfigErrors, Matcher, Reflex, ReflexMap, Workflow};
+use super::schema::{RawCase, RawFile, ReflexKey};
+use super::{
+    Action, Case, ConfigError, ConfigErrors, Escalate, Limits, Matcher, Reflex, ReflexMap, Workflow,
+};
 use crate::anomaly::JsonObject;
 
 /// Parses and validates `source` (the bytes of the file at `path`) into a `ReflexMap`.
@@ -61,13 +63,6 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
         .collect();
 
     let default_cooldown = raw.defaults.cooldown.map_or(Duration::ZERO, |d| d.0);
-    // Each reflex remembers its section, not its position: finding a position scans the text,
-    // so doing it for every reflex made loading quadratic (issue 5: 100,000 names took minutes).
-    // Positions are looked up only for the reflexes an error is about.
-    let position_of = |reflex: &Reflex, section: Section| match section {
-        Section::Reflexes => locate_key(source, "reflexes", &reflex.key, 1),
-        Section::Anomalies => locate_legacy_name(source, &reflex.key),
-    };
     // Most reflexes have no params: they share one empty object instead of each allocating
     // its own, which a dispatch would then touch in cold memory (issue 5, the 100k map).
     let no_params = Arc::new(JsonObject::new());
@@ -78,77 +73,107 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
             Arc::new(params)
         }
     };
+    let case_of = |raw: RawCase| Case {
+        when: raw.when,
+        workflow: raw.workflow,
+        workflow_index: 0, // set below, once the workflows are known
+        params: params_of(raw.params),
+        cooldown: raw.cooldown.map_or(default_cooldown, |d| d.0),
+        cooldown_key: raw.cooldown_key.map(|key| key.0),
+        verify: raw.verify.map(|v| v.0),
+        escalate: raw.escalate.map(|workflow| Escalate {
+            workflow,
+            index: 0, // set below, with the workflow's
+        }),
+    };
+    // Each reflex remembers its section, not its position: finding a position scans the text,
+    // so doing it for every reflex made loading quadratic (issue 5: 100,000 names took minutes).
+    // Positions are looked up only for the reflexes an error is about.
     let mut reflexes = Vec::new();
     // Patterns as parsed when the file was read, each with its reflex's index.
     let mut patterns = Vec::new();
     for (key, reflex) in raw.reflexes.entries {
-        let text = key.as_str().to_string();
         let is_pattern = matches!(key, ReflexKey::Pattern(_));
+        let mut cases = reflex.cases.into_iter().map(case_of);
+        // The schema's visitor never yields a reflex without a case.
+        let Some(first) = cases.next() else { continue };
+        let compiled = Reflex::new(
+            key.as_str(),
+            is_pattern,
+            reflex.listed,
+            first,
+            cases.collect(),
+        );
         if let ReflexKey::Pattern(pattern) = key {
             patterns.push((pattern, reflexes.len()));
         }
-        reflexes.push((
-            Reflex {
-                key: text,
-                is_pattern,
-                workflow: reflex.workflow,
-                workflow_index: 0, // set below, once the workflows are known
-                params: params_of(reflex.params),
-                cooldown: reflex.cooldown.map_or(default_cooldown, |d| d.0),
-            },
-            Section::Reflexes,
-        ));
+        reflexes.push((compiled, Section::Reflexes));
     }
-    let mut seen: HashSet<String> = reflexes.iter().map(|(r, _)| r.key.clone()).collect();
+    let mut seen: HashSet<Arc<str>> = reflexes.iter().map(|(r, _)| r.key.clone()).collect();
     for entry in raw.anomalies {
-        if !seen.insert(entry.name.0.clone()) {
+        if !seen.insert(Arc::from(entry.name.0.as_str())) {
             errors.push(error_at(
                 locate_legacy_name(source, &entry.name.0),
                 format!("anomaly `{}` is given twice", entry.name.0),
             ));
             continue;
         }
+        let case = Case::new(
+            &entry.workflow,
+            params_of(entry.params.unwrap_or_default()),
+            default_cooldown,
+        );
         reflexes.push((
-            Reflex {
-                key: entry.name.0,
-                is_pattern: false,
-                workflow: entry.workflow,
-                workflow_index: 0, // set below, once the workflows are known
-                params: params_of(entry.params.unwrap_or_default()),
-                cooldown: default_cooldown,
-            },
+            Reflex::new(&entry.name.0, false, false, case, Vec::new()),
             Section::Anomalies,
         ));
     }
 
     for (reflex, section) in &mut reflexes {
-        if let Some(index) = workflows.get_index_of(&reflex.workflow) {
-            reflex.workflow_index = index;
-            continue;
-        }
-        if legacy_log_only {
-            // The original service had no `workflows:` section: every name it used was log-only.
-            notes.push(format!(
-                "workflow `{}` is not declared (no `workflows:` section), so it runs as log-only",
-                reflex.workflow
-            ));
-            (reflex.workflow_index, _) = workflows.insert_full(
-                reflex.workflow.clone(),
-                Arc::new(Workflow {
-                    name: reflex.workflow.as_str().into(),
-                    action: Action::Log,
-                    max_concurrent: 1,
-                    breaker: None,
-                }),
-            );
-        } else {
-            errors.push(error_at(
-                position_of(reflex, *section),
-                format!(
-                    "reflex `{}` names workflow `{}`, which is not declared under `workflows:`",
-                    reflex.key, reflex.workflow
-                ),
-            ));
+        let listed = reflex.listed;
+        let key = reflex.key.clone();
+        for (number, case) in reflex.cases_mut().enumerate() {
+            // A case of a list is named by its place in it, from 1 as people count.
+            let which = if listed {
+                format!("reflex `{key}` case {}", number + 1)
+            } else {
+                format!("reflex `{key}`")
+            };
+            let mut resolve = |workflow: &str, what: &str| -> usize {
+                if let Some(index) = workflows.get_index_of(workflow) {
+                    return index;
+                }
+                if legacy_log_only {
+                    // The original service had no `workflows:` section: every name it used
+                    // was log-only.
+                    notes.push(format!(
+                        "workflow `{workflow}` is not declared (no `workflows:` section), so it runs as log-only"
+                    ));
+                    let (index, _) = workflows.insert_full(
+                        workflow.to_string(),
+                        Arc::new(Workflow {
+                            name: workflow.into(),
+                            action: Action::Log,
+                            max_concurrent: 1,
+                            breaker: None,
+                        }),
+                    );
+                    return index;
+                }
+                let position = match section {
+                    Section::Reflexes => locate_key(source, "reflexes", &key, 1),
+                    Section::Anomalies => locate_legacy_name(source, &key),
+                };
+                errors.push(error_at(
+                    position,
+                    format!("{which} {what} workflow `{workflow}`, which is not declared under `workflows:`"),
+                ));
+                0
+            };
+            case.workflow_index = resolve(&case.workflow, "names");
+            if let Some(escalate) = &mut case.escalate {
+                escalate.index = resolve(&escalate.workflow, "escalates to");
+            }
         }
     }
     if !errors.is_empty() {
@@ -160,14 +185,26 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
         .iter()
         .enumerate()
         .filter(|(_, r)| !r.is_pattern)
-        .map(|(i, r)| (r.key.clone(), i));
+        .map(|(i, r)| (r.key.to_string(), i));
     let matcher = Matcher::new(exact, patterns)
         .map_err(|message| ConfigErrors(vec![error_at((1, 1), message)]))?;
+    // A map where an anomaly may fall through its first reflex's cases needs every matching
+    // pattern in order: built now, at load, rather than by the first request that falls through.
+    if reflexes.iter().any(Reflex::may_fall_through) {
+        matcher.prepare_every_match();
+    }
+    let verifies = reflexes
+        .iter()
+        .any(|reflex| reflex.cases().any(|case| case.verify.is_some()));
     Ok(ReflexMap {
         reflexes,
         workflows,
         matcher,
+        limits: Limits {
+            actions: raw.limits.actions,
+        },
         notes,
+        verifies,
     })
 }
 
@@ -250,6 +287,8 @@ fn locate_in_section(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::super::{parse_duration, Template, DEFAULT_EXEC_TIMEOUT};
     use super::*;
 
@@ -259,6 +298,12 @@ mod tests {
 
     fn errors_of(source: &str) -> String {
         compile_str(source).unwrap_err().to_string()
+    }
+
+    /// The case and workflow `name` selects with no details.
+    fn lookup<'a>(map: &'a ReflexMap, name: &str) -> Option<(&'a Case, &'a Arc<Workflow>)> {
+        let selected = map.select(name, &crate::anomaly::Details::empty())?;
+        Some((selected.case, selected.workflow))
     }
 
     const FULL: &str = r#"
@@ -291,8 +336,15 @@ reflexes:
         let map = compile_str(FULL).unwrap();
         assert_eq!(map.reflexes.len(), 3);
         assert_eq!(map.exact_count(), 1);
-        let (reflex, workflow) = map.lookup("nginx.web1.down").unwrap();
-        assert_eq!(reflex.key, "nginx.*.down");
+        let (reflex, workflow) = lookup(&map, "nginx.web1.down").unwrap();
+        assert_eq!(
+            &*map
+                .select("nginx.web1.down", &crate::anomaly::Details::empty())
+                .unwrap()
+                .reflex
+                .key,
+            "nginx.*.down"
+        );
         assert_eq!(reflex.cooldown, Duration::from_secs(300));
         assert_eq!(reflex.params["unit"], "nginx");
         assert_eq!(workflow.max_concurrent, 2);
@@ -305,7 +357,7 @@ reflexes:
             }
             other => panic!("expected exec, got {other:?}"),
         }
-        let (reflex, workflow) = map.lookup("api_latency.coinbase.high").unwrap();
+        let (reflex, workflow) = lookup(&map, "api_latency.coinbase.high").unwrap();
         assert_eq!(reflex.cooldown, Duration::from_secs(10), "defaults apply");
         match &workflow.action {
             Action::Webhook(hook) => {
@@ -315,8 +367,11 @@ reflexes:
             }
             other => panic!("expected webhook, got {other:?}"),
         }
-        assert_eq!(map.lookup("disk.sda.full").unwrap().1.action.kind(), "log");
-        assert!(map.lookup("nothing").is_none());
+        assert_eq!(
+            lookup(&map, "disk.sda.full").unwrap().1.action.kind(),
+            "log"
+        );
+        assert!(lookup(&map, "nothing").is_none());
         assert!(map.notes.is_empty());
     }
 
@@ -326,12 +381,12 @@ reflexes:
             "anomalies:\n  - name: api_latency.coinbase.high\n    workflow: run_coinbase_health_check_and_clear_cache\n    params: {exchange: coinbase}\n  - name: disk.*\n    workflow: page\n",
         )
         .unwrap();
-        let (reflex, workflow) = map.lookup("api_latency.coinbase.high").unwrap();
+        let (reflex, workflow) = lookup(&map, "api_latency.coinbase.high").unwrap();
         assert_eq!(workflow.action.kind(), "log");
         assert_eq!(reflex.params["exchange"], "coinbase");
         // Exact names only: `*` is literal in the original format.
-        assert!(map.lookup("disk.sda").is_none());
-        assert!(map.lookup("disk.*").is_some());
+        assert!(lookup(&map, "disk.sda").is_none());
+        assert!(lookup(&map, "disk.*").is_some());
         assert_eq!(map.notes.len(), 2);
         assert_eq!(
             map.notes[0],
@@ -357,11 +412,11 @@ reflexes:
         );
         assert_eq!(
             errors_of("reflexes:\n  x:\n    workflow: a\n    cooldwn: 1s\n"),
-            "map.yml:4:5: reflexes.x: unknown field `cooldwn`, expected one of `workflow`, `params`, `cooldown`"
+            "map.yml:4:5: reflexes.x: unknown field `cooldwn`, expected one of `workflow`, `params`, `cooldown`, `cooldown_key`, `verify`, `escalate`, `when`"
         );
         assert_eq!(
             errors_of("reflex:\n  x: a\n"),
-            "map.yml:1:1: unknown field `reflex`, expected one of `defaults`, `workflows`, `reflexes`, `anomalies`"
+            "map.yml:1:1: unknown field `reflex`, expected one of `defaults`, `limits`, `workflows`, `reflexes`, `anomalies`"
         );
     }
 
@@ -479,10 +534,217 @@ reflexes:
     }
 
     #[test]
-    fn short_and_long_forms_reject_other_shapes() {
+    fn short_long_and_list_forms_reject_other_shapes() {
         assert_eq!(
-            errors_of("reflexes:\n  x: [a]\n"),
-            "map.yml:2:6: reflexes.x: invalid type: sequence, expected a workflow name, or a mapping with `workflow` and optional `params` and `cooldown`"
+            errors_of("reflexes:\n  x: 5\n"),
+            "map.yml:2:6: reflexes.x: invalid type: integer `5`, expected a workflow name, a mapping with `workflow` and optional `when`, `params`, `cooldown`, `cooldown_key`, `verify` and `escalate`, or a list of such cases"
         );
+        assert_eq!(
+            errors_of("reflexes:\n  x: []\n"),
+            "map.yml:2:6: reflexes.x: the list of cases is empty: give at least one workflow"
+        );
+        assert_eq!(
+            errors_of("reflexes:\n  x: [[a]]\n"),
+            "map.yml:2:7: reflexes.x[0]: invalid type: sequence, expected a workflow name, or a mapping with `workflow` and optional `when`, `params`, `cooldown`, `cooldown_key`, `verify` and `escalate`"
+        );
+    }
+
+    const CASES: &str = r#"
+defaults: {cooldown: 1m}
+limits:
+  actions: {max: 10, within: 1m}
+workflows:
+  clean_tmp: {exec: {command: [systemd-tmpfiles, --clean]}}
+  restart: {exec: {command: [systemctl, restart, nginx]}}
+  page: {}
+reflexes:
+  disk.sda.full:
+    - when: {details.mount: /boot}
+      workflow: page
+  "disk.*.full":
+    - when: {details.percent: {gte: 95}, details.mount: {in: [/, /var]}}
+      workflow: clean_tmp
+      cooldown: 10m
+      cooldown_key: "{{details.mount}}"
+    - when: {details.labels.severity: {exists: true}}
+      workflow: page
+  "disk.**":
+    - workflow: page
+      cooldown: 0s
+  "nginx.*.down":
+    workflow: restart
+    verify: 10m
+    escalate: page
+"#;
+
+    fn take(map: &ReflexMap, name: &str, details: serde_json::Value) -> Option<(String, String)> {
+        let details = crate::anomaly::Details::from_object(details.as_object().unwrap().clone());
+        let selected = map.select(name, &details)?;
+        Some((
+            selected.reflex.key.to_string(),
+            selected.case.workflow.clone(),
+        ))
+    }
+
+    #[test]
+    fn cases_are_tried_in_matching_order() {
+        let map = compile_str(CASES).unwrap();
+        let hit = |name: &str, details| take(&map, name, details);
+        let pair = |reflex: &str, workflow: &str| Some((reflex.to_string(), workflow.to_string()));
+        // The exact name's cases first...
+        assert_eq!(
+            hit("disk.sda.full", json!({"mount": "/boot"})),
+            pair("disk.sda.full", "page")
+        );
+        // ...then each matching pattern's, in file order.
+        assert_eq!(
+            hit("disk.sda.full", json!({"mount": "/var", "percent": 97})),
+            pair("disk.*.full", "clean_tmp")
+        );
+        assert_eq!(
+            hit(
+                "disk.sda.full",
+                json!({"mount": "/var", "percent": 90, "labels": {"severity": "x"}})
+            ),
+            pair("disk.*.full", "page")
+        );
+        assert_eq!(
+            hit("disk.sda.full", json!({"mount": "/home", "percent": 99})),
+            pair("disk.**", "page")
+        );
+        assert_eq!(
+            hit("disk.sdb.full", json!({"percent": "99"})),
+            pair("disk.**", "page")
+        );
+        assert_eq!(
+            hit("nginx.web1.down", json!({})),
+            pair("nginx.*.down", "restart")
+        );
+        assert!(map.verifies);
+        assert_eq!(
+            map.limits.actions,
+            Some(crate::map::Budget {
+                max: 10,
+                within: Duration::from_secs(60)
+            })
+        );
+        let (case, _) = lookup(&map, "nginx.web1.down").unwrap();
+        assert_eq!(
+            case.cooldown,
+            Duration::from_secs(60),
+            "defaults apply to cases"
+        );
+        assert_eq!(case.verify, Some(Duration::from_secs(600)));
+        assert_eq!(map.escalation(case).unwrap().name.as_ref(), "page");
+        let candidates: Vec<&str> = map.candidates("disk.sda.full").map(|r| &*r.key).collect();
+        assert_eq!(candidates, ["disk.sda.full", "disk.*.full", "disk.**"]);
+    }
+
+    #[test]
+    fn when_no_case_holds_the_anomaly_is_unmatched() {
+        let map = compile_str(
+            "workflows: {page: {}}\nreflexes:\n  'a.*':\n    - when: {details.n: {gt: 5}}\n      workflow: page\n",
+        )
+        .unwrap();
+        assert!(take(&map, "a.b", json!({"n": 6})).is_some());
+        assert!(take(&map, "a.b", json!({"n": 5})).is_none());
+        assert!(take(&map, "a.b", json!({})).is_none());
+    }
+
+    #[test]
+    fn cooldown_keys_expand_per_instance() {
+        let map = compile_str(CASES).unwrap();
+        let details = crate::anomaly::Details::from_object(
+            json!({"mount": "/var", "percent": 99})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        let selected = map.select("disk.sdb.full", &details).unwrap();
+        assert_eq!(selected.case.key_for("disk.sdb.full", &details), "/var");
+        let plain = map.select("nginx.a.down", &details).unwrap();
+        assert!(matches!(
+            plain.case.key_for("nginx.a.down", &details),
+            std::borrow::Cow::Borrowed("nginx.a.down")
+        ));
+    }
+
+    #[test]
+    fn reflexes_show_their_cases_and_new_keys() {
+        let map = compile_str(CASES).unwrap();
+        let shown = serde_json::to_value(&map.reflexes).unwrap();
+        assert_eq!(
+            shown[1],
+            json!({"match": "disk.*.full", "cases": [
+                {"when": {"details.percent": {"gte": 95}, "details.mount": {"in": ["/", "/var"]}},
+                 "workflow": "clean_tmp", "params": {}, "cooldown": "10m",
+                 "cooldown_key": "{{details.mount}}"},
+                {"when": {"details.labels.severity": {"exists": true}},
+                 "workflow": "page", "params": {}, "cooldown": "1m"},
+            ]})
+        );
+        assert_eq!(
+            shown[3],
+            json!({"match": "nginx.*.down", "workflow": "restart", "params": {}, "cooldown": "1m",
+                   "verify": "10m", "escalate": "page"})
+        );
+        assert_eq!(
+            serde_json::to_value(map.limits).unwrap(),
+            json!({"actions": {"max": 10, "within": "1m"}})
+        );
+    }
+
+    #[test]
+    fn invalid_autonomy_keys_are_errors_with_positions() {
+        let reflex = |body: &str| {
+            errors_of(&format!(
+                "workflows: {{page: {{}}}}\nreflexes:\n  'a.*':\n{body}"
+            ))
+        };
+        assert_eq!(
+            reflex("    - when: {details.x: {gtee: 1}}\n      workflow: page\n"),
+            "map.yml:4:25: reflexes.a.*[0].when.details.x: unknown operator `gtee`; use eq, ne, gt, gte, lt, lte, in, matches or exists"
+        );
+        assert_eq!(
+            reflex("    - when:\n        anomaly: {matches: 'a(b'}\n      workflow: page\n"),
+            "map.yml:5:28: reflexes.a.*[0].when.anomaly.matches: invalid regular expression `a(b`: unclosed group"
+        );
+        assert_eq!(
+            reflex("    - when: {name: x}\n      workflow: page\n"),
+            "map.yml:4:14: reflexes.a.*[0].when: unknown field `name` in `when`: use anomaly or details.KEY (dots for nesting)"
+        );
+        assert_eq!(
+            reflex("    workflow: page\n    cooldown_key: 'k-{{action_id}}'\n"),
+            "map.yml:5:19: reflexes.a.*.cooldown_key: `cooldown_key` `k-{{action_id}}` uses {{action_id}}, which differs for every action, so nothing would ever cool down"
+        );
+        assert_eq!(
+            reflex("    workflow: page\n    verify: 0s\n"),
+            "map.yml:5:13: reflexes.a.*.verify: `verify: 0s` would judge every action healed at once: give a window longer than 0s, or leave `verify` out"
+        );
+        assert_eq!(
+            reflex("    - page\n    - {workflow: gone, escalate: pager}\n"),
+            "map.yml:3:3: reflex `a.*` case 2 names workflow `gone`, which is not declared under `workflows:`\n\
+             map.yml:3:3: reflex `a.*` case 2 escalates to workflow `pager`, which is not declared under `workflows:`"
+        );
+        assert_eq!(
+            errors_of("limits:\n  actions: {max: 200000, within: 1m}\n"),
+            "map.yml:2:12: limits.actions: `max` is 200000; the limit is 100000 actions per window"
+        );
+        assert_eq!(
+            errors_of("limits:\n  actions: {max: 5, within: 0s}\n"),
+            "map.yml:2:12: limits.actions: `within` must be longer than 0s"
+        );
+        assert_eq!(
+            errors_of("limits:\n  action: {max: 5, within: 1s}\n"),
+            "map.yml:2:3: limits: unknown field `action`, expected `actions`"
+        );
+    }
+
+    #[test]
+    fn the_original_format_escalates_to_log_only_workflows_too() {
+        let map = compile_str("reflexes:\n  a: {workflow: fix, escalate: pager}\n").unwrap();
+        assert_eq!(map.notes.len(), 2);
+        let (case, _) = lookup(&map, "a").unwrap();
+        assert_eq!(map.escalation(case).unwrap().action.kind(), "log");
     }
 }

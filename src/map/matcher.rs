@@ -4,9 +4,15 @@
 //! Built once per map load, never per request (SPEC §3 "Matching"): an exact name wins over
 //! patterns; otherwise the first pattern in file order that matches. In patterns `*` matches any
 //! run of characters except `.`, `?` one character except `.`, and `**` any run including dots.
+//!
+//! When a reflex's cases all have conditions and none holds, the anomaly falls through to the
+//! next matching pattern (SPEC §9 "Cases"): `find_pattern_after` walks the matches in file order.
+//! The first match stays the one search it always was; the later ones are found only for an
+//! anomaly that falls through.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::OnceLock;
 
 use regex_automata::meta::Regex;
 
@@ -132,6 +138,12 @@ pub struct Matcher {
     /// 1,000 patterns (issue 5).
     regex: Regex,
     regex_reflex: Vec<usize>,
+    /// The regex's patterns, for `every`.
+    regex_sources: Vec<String>,
+    /// Every pattern of the regex at once, reporting all that match: for the matches after the
+    /// first, which the leftmost-first regex cannot give. Built once, at load when the map can
+    /// fall through (`prepare_every_match`), else by the first lookup that needs it.
+    every: OnceLock<Option<regex::RegexSet>>,
 }
 
 /// A pattern in `Matcher::by_head`: the tokens after its head, and its reflex.
@@ -192,6 +204,7 @@ impl Matcher {
             .unzip();
         let regex = Regex::new_many(&regexes)
             .map_err(|err| format!("the reflex patterns do not compile: {err}"))?;
+        let regex_sources = regexes;
         let by_head: HashMap<Box<str>, Vec<HeadedPattern>> = by_head
             .into_iter()
             .map(|(head, bucket)| {
@@ -214,6 +227,8 @@ impl Matcher {
             head_lengths,
             regex,
             regex_reflex,
+            regex_sources,
+            every: OnceLock::new(),
         })
     }
 
@@ -222,6 +237,57 @@ impl Matcher {
         if let Some(&index) = self.exact.get(name) {
             return Some(index);
         }
+        self.find_pattern(name)
+    }
+
+    /// The reflex whose exact name is `name`, if any.
+    pub fn find_exact(&self, name: &str) -> Option<usize> {
+        self.exact.get(name).copied()
+    }
+
+    /// The first pattern in file order that matches `name` and comes after reflex `after`
+    /// (every pattern when `after` is `None`).
+    pub fn find_pattern_after(&self, name: &str, after: Option<usize>) -> Option<usize> {
+        let Some(after) = after else {
+            return self.find_pattern(name);
+        };
+        let mut first = self.first_in_buckets(name, Some(after));
+        // The regex's patterns are in file order: the first match past `after` is the answer
+        // from the regex, unless the index found an earlier one.
+        if self.regex_reflex.last().is_some_and(|&last| last > after) {
+            if let Some(every) = self.every() {
+                let hit = every
+                    .matches(name)
+                    .iter()
+                    .map(|id| self.regex_reflex[id])
+                    .find(|&reflex| reflex > after);
+                if let Some(reflex) = hit {
+                    first = Some(first.map_or(reflex, |f| f.min(reflex)));
+                }
+            }
+        }
+        first
+    }
+
+    /// Builds the set `find_pattern_after` needs now rather than on first use.
+    pub fn prepare_every_match(&self) {
+        let _ = self.every();
+    }
+
+    fn every(&self) -> Option<&regex::RegexSet> {
+        self.every
+            .get_or_init(|| {
+                // The same patterns compiled once already, into the leftmost regex; no size
+                // limit of the regex crate is near what `Regex::new_many` accepted.
+                regex::RegexSet::new(&self.regex_sources).ok()
+            })
+            .as_ref()
+    }
+
+    /// The first indexed pattern in file order that matches `name` (and comes after reflex
+    /// `after`, when given).
+    #[inline]
+    fn first_in_buckets(&self, name: &str, after: Option<usize>) -> Option<usize> {
         let mut first: Option<usize> = None;
         for &len in &self.head_lengths {
             // A head ends with a dot, so it can only be a prefix ending with one.
@@ -232,10 +298,19 @@ impl Matcher {
                 continue;
             };
             // In file order: the bucket's first match is its earliest.
-            if let Some(hit) = bucket.iter().find(|p| tokens_match(&p.rest, &name[len..])) {
+            let hit = bucket.iter().find(|p| {
+                after.is_none_or(|after| p.reflex > after) && tokens_match(&p.rest, &name[len..])
+            });
+            if let Some(hit) = hit {
                 first = Some(first.map_or(hit.reflex, |f| f.min(hit.reflex)));
             }
         }
+        first
+    }
+
+    /// The first pattern in file order that matches `name`.
+    fn find_pattern(&self, name: &str) -> Option<usize> {
+        let mut first = self.first_in_buckets(name, None);
         // The regex can only improve on a match its earliest pattern already follows.
         let regex_can_win = match (first, self.regex_reflex.first()) {
             (_, None) => false,
@@ -474,6 +549,36 @@ mod tests {
         assert_eq!(m.find("ab"), Some(0));
     }
 
+    /// A random string of `pieces`, with a length in `len`.
+    fn random_text(
+        rng: &mut fastrand::Rng,
+        pieces: &[&str],
+        len: std::ops::Range<usize>,
+    ) -> String {
+        (0..rng.usize(len))
+            .map(|_| pieces[rng.usize(..pieces.len())])
+            .collect()
+    }
+
+    /// `count` random valid patterns of fewer than `max_pieces` of `pieces`.
+    fn random_patterns(
+        rng: &mut fastrand::Rng,
+        pieces: &[&str],
+        count: usize,
+        max_pieces: usize,
+    ) -> Vec<Pattern> {
+        let mut patterns = Vec::new();
+        while patterns.len() < count {
+            let text = random_text(rng, pieces, 1..max_pieces);
+            if is_pattern(&text) {
+                if let Ok(pattern) = Pattern::parse(&text) {
+                    patterns.push(pattern);
+                }
+            }
+        }
+        patterns
+    }
+
     #[test]
     fn the_head_index_answers_as_the_regex_does() {
         // Random maps and names over a small alphabet, so that patterns share heads, overlap
@@ -482,25 +587,13 @@ mod tests {
         let pieces = ["a", "b", ".", "é", "a.", "b.", "*", "**", "?"];
         let letters = ["a", "b", ".", "é"];
         for _ in 0..300 {
-            let mut patterns = Vec::new();
-            while patterns.len() < 12 {
-                let text: String = (0..rng.usize(1..7))
-                    .map(|_| pieces[rng.usize(..pieces.len())])
-                    .collect();
-                if is_pattern(&text) {
-                    if let Ok(pattern) = Pattern::parse(&text) {
-                        patterns.push(pattern);
-                    }
-                }
-            }
+            let patterns = random_patterns(&mut rng, &pieces, 12, 7);
             let numbered = || patterns.iter().cloned().enumerate().map(|(i, p)| (p, i));
             let indexed = Matcher::with_bucket_limit([], numbered(), 2).unwrap();
             let regex_only = Matcher::with_bucket_limit([], numbered(), 0).unwrap();
             assert!(regex_only.by_head.is_empty());
             for _ in 0..200 {
-                let name: String = (0..rng.usize(1..9))
-                    .map(|_| letters[rng.usize(..letters.len())])
-                    .collect();
+                let name = random_text(&mut rng, &letters, 1..9);
                 assert_eq!(
                     indexed.find(&name),
                     regex_only.find(&name),
@@ -526,6 +619,60 @@ mod tests {
         // Earlier regex patterns still win over later indexed ones.
         let m = matcher(&[], &["**", "hit.p1.*"]);
         assert_eq!(m.find("hit.p1.x"), Some(0));
+    }
+
+    /// Every pattern that matches `name`, in file order, as `find_pattern_after` walks them.
+    fn walk(m: &Matcher, name: &str) -> Vec<usize> {
+        let mut found = Vec::new();
+        let mut after = None;
+        while let Some(next) = m.find_pattern_after(name, after) {
+            found.push(next);
+            after = Some(next);
+        }
+        found
+    }
+
+    #[test]
+    fn later_matches_come_in_file_order() {
+        let m = matcher(
+            &["disk.sda.full"],
+            &["disk.*.full", "x.**", "disk.**", "**"],
+        );
+        assert_eq!(m.find("disk.sda.full"), Some(0), "the exact name first");
+        assert_eq!(m.find_exact("disk.sda.full"), Some(0));
+        assert_eq!(m.find_exact("disk.sdb.full"), None);
+        assert_eq!(walk(&m, "disk.sda.full"), [1, 3, 4]);
+        assert_eq!(walk(&m, "x.y"), [2, 4]);
+        assert_eq!(walk(&m, "y"), [4]);
+    }
+
+    #[test]
+    fn later_matches_agree_with_matching_each_pattern_alone() {
+        // Random maps over a small alphabet, half of them indexed by head: the walk must list
+        // exactly the patterns that match, in file order.
+        let mut rng = fastrand::Rng::with_seed(14);
+        let pieces = ["a", "b", ".", "a.", "b.", "*", "**", "?"];
+        let letters = ["a", "b", "."];
+        for round in 0..200 {
+            let patterns = random_patterns(&mut rng, &pieces, 10, 6);
+            let numbered = patterns.iter().cloned().enumerate().map(|(i, p)| (p, i));
+            let m = Matcher::with_bucket_limit([], numbered, round % 3).unwrap();
+            for _ in 0..100 {
+                let name = random_text(&mut rng, &letters, 1..8);
+                let expected: Vec<usize> = patterns
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| tokens_match(&p.tokens, &name))
+                    .map(|(i, _)| i)
+                    .collect();
+                assert_eq!(
+                    walk(&m, &name),
+                    expected,
+                    "{name:?} against {:?}",
+                    patterns.iter().map(Pattern::as_str).collect::<Vec<_>>()
+                );
+            }
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //!   the line and column);
 //! - `compile`: whole-file checks and the compiled `ReflexMap`;
 //! - `matcher` and `template`: names and patterns, `{{...}}` placeholders, both parsed at load;
+//! - `conditions`: a case's `when`, compiled at load (a regex once, never per request);
 //! - `load`: reading the file (and refusing one others could change), its version, and
 //!   `MapHandle`.
 //!
@@ -12,11 +13,13 @@
 //! reads the handle.
 
 mod compile;
+mod conditions;
 mod load;
 mod matcher;
 mod schema;
 mod template;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,9 +28,10 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use serde::{Serialize, Serializer};
 
-use crate::anomaly::JsonObject;
+use crate::anomaly::{Details, JsonObject};
 
 pub use compile::compile;
+pub use conditions::When;
 pub use load::{load, watch_dirs, LoadError, LoadedMap, MapFile, MapHandle};
 pub use matcher::{is_pattern, Matcher, Pattern};
 pub use schema::{parse_duration, reflex_map_schema};
@@ -39,6 +43,8 @@ pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default `webhook.retries` when a workflow gives none.
 pub const DEFAULT_WEBHOOK_RETRIES: u32 = 2;
+/// Largest `limits.actions.max`: the budget remembers one instant per action in its window.
+pub const MAX_BUDGET_ACTIONS: u32 = 100_000;
 
 /// One problem in a reflex map, with the position an editor can jump to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,16 +96,82 @@ pub struct ReflexMap {
     pub reflexes: Vec<Reflex>,
     pub workflows: IndexMap<String, Arc<Workflow>>,
     pub matcher: Matcher,
+    pub limits: Limits,
     /// Remarks worth showing an operator that do not make the map invalid.
     pub notes: Vec<String>,
+    /// Whether any case has `verify`: an Alertmanager `resolved` is looked up only then.
+    pub verifies: bool,
+}
+
+/// The case an anomaly selected: its reflex, the case, and the case's workflow.
+#[derive(Debug, Clone, Copy)]
+pub struct Selected<'a> {
+    pub reflex: &'a Reflex,
+    pub case: &'a Case,
+    pub workflow: &'a Arc<Workflow>,
 }
 
 impl ReflexMap {
-    /// The reflex and workflow for an anomaly name, if any reflex matches.
-    pub fn lookup(&self, anomaly: &str) -> Option<(&Reflex, &Arc<Workflow>)> {
-        let reflex = &self.reflexes[self.matcher.find(anomaly)?];
-        let (_, workflow) = self.workflows.get_index(reflex.workflow_index)?;
-        Some((reflex, workflow))
+    /// The first case, in matching order, that takes the anomaly `name` with `details`
+    /// (SPEC §9 "Cases"): the exact name's cases, then each matching pattern's cases in file
+    /// order. A reflex without conditions is decided by its first case, so the usual lookup is
+    /// one match and no condition.
+    pub fn select(&self, name: &str, details: &Details) -> Option<Selected<'_>> {
+        let first = self.matcher.find(name)?;
+        let reflex = &self.reflexes[first];
+        if let Some(selected) = self.take(reflex, name, details) {
+            return Some(selected);
+        }
+        // Every case's `when` failed: the later candidates, only now looked for.
+        let mut after = reflex.is_pattern.then_some(first);
+        while let Some(next) = self.matcher.find_pattern_after(name, after) {
+            if let Some(selected) = self.take(&self.reflexes[next], name, details) {
+                return Some(selected);
+            }
+            after = Some(next);
+        }
+        None
+    }
+
+    /// Every reflex that matches `name`, in matching order.
+    pub fn candidates<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Reflex> + 'a {
+        let exact = self.matcher.find_exact(name);
+        let mut after: Option<Option<usize>> = Some(None);
+        let patterns = std::iter::from_fn(move || {
+            let next = self.matcher.find_pattern_after(name, after?);
+            after = next.map(Some);
+            next
+        });
+        exact
+            .into_iter()
+            .chain(patterns)
+            .map(move |index| &self.reflexes[index])
+    }
+
+    /// `reflex`'s first case whose `when` holds, with its workflow.
+    fn take<'a>(
+        &'a self,
+        reflex: &'a Reflex,
+        name: &str,
+        details: &Details,
+    ) -> Option<Selected<'a>> {
+        let case = reflex.cases().find(|case| {
+            case.when
+                .as_ref()
+                .is_none_or(|when| when.holds(name, details))
+        })?;
+        let (_, workflow) = self.workflows.get_index(case.workflow_index)?;
+        Some(Selected {
+            reflex,
+            case,
+            workflow,
+        })
+    }
+
+    /// The workflow `case` escalates to, if any.
+    pub fn escalation(&self, case: &Case) -> Option<&Arc<Workflow>> {
+        let escalate = case.escalate.as_ref()?;
+        self.workflows.get_index(escalate.index).map(|(_, w)| w)
     }
 
     /// How many reflexes are exact names (the rest are patterns).
@@ -108,21 +180,180 @@ impl ReflexMap {
     }
 }
 
-/// One anomaly name or pattern and the workflow it starts.
-#[derive(Debug, Serialize)]
+/// Brakes across the whole map (`limits:`).
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct Limits {
+    /// The global budget of exec and webhook actions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actions: Option<Budget>,
+}
+
+/// At most `max` exec and webhook actions within any `within` (log-only actions are free).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Budget {
+    pub max: u32,
+    #[serde(serialize_with = "serialize_duration")]
+    pub within: Duration,
+}
+
+/// One anomaly name or pattern and its cases.
+#[derive(Debug)]
 pub struct Reflex {
-    #[serde(rename = "match")]
-    pub key: String,
-    #[serde(skip)]
+    /// The name or pattern as written: also what the rails key this reflex's state by, so an
+    /// edit elsewhere in the file never resets it.
+    pub key: Arc<str>,
     pub is_pattern: bool,
+    /// Written as a list of cases (shown as `cases`), rather than as one case.
+    pub listed: bool,
+    /// Some case has a cooldown or a verify window: only then do the rails keep per-key state
+    /// for this reflex, so a reflex without either costs no lookup.
+    pub keyed: bool,
+    /// The first case, inline: most reflexes have only this one, read with no pointer to chase.
+    first: Case,
+    rest: Box<[Case]>,
+}
+
+impl Reflex {
+    /// A reflex with `first` and then `rest` as its cases.
+    pub fn new(key: &str, is_pattern: bool, listed: bool, first: Case, rest: Vec<Case>) -> Reflex {
+        let keyed = std::iter::once(&first)
+            .chain(&rest)
+            .any(|case| !case.cooldown.is_zero() || case.verify.is_some());
+        Reflex {
+            key: Arc::from(key),
+            is_pattern,
+            listed,
+            keyed,
+            first,
+            rest: rest.into_boxed_slice(),
+        }
+    }
+
+    /// The cases in the order they are tried.
+    pub fn cases(&self) -> impl Iterator<Item = &Case> {
+        std::iter::once(&self.first).chain(self.rest.iter())
+    }
+
+    fn cases_mut(&mut self) -> impl Iterator<Item = &mut Case> {
+        std::iter::once(&mut self.first).chain(self.rest.iter_mut())
+    }
+
+    /// True when no case is unconditional, so an anomaly may fall through to later candidates.
+    pub fn may_fall_through(&self) -> bool {
+        self.cases().all(|case| case.when.is_some())
+    }
+}
+
+/// Shown as one case's keys beside `match`, or as `match` and `cases` when written as a list.
+impl Serialize for Reflex {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("match", &*self.key)?;
+        if self.listed {
+            map.serialize_entry("cases", &self.cases().collect::<Vec<_>>())?;
+        } else {
+            self.first.serialize_entries(&mut map)?;
+        }
+        map.end()
+    }
+}
+
+/// One case of a reflex: when it holds, which workflow runs, and the rails of that dispatch.
+#[derive(Debug)]
+pub struct Case {
+    /// `None`: the case always holds.
+    pub when: Option<When>,
     pub workflow: String,
     /// Where `workflow` is in the map's workflows: a lookup reads it instead of hashing the
     /// name, one cold string fewer per anomaly in a large map (issue 5).
-    #[serde(skip)]
     pub workflow_index: usize,
     pub params: Arc<JsonObject>,
-    #[serde(serialize_with = "serialize_duration")]
     pub cooldown: Duration,
+    /// What the cooldown counts by; `None` is `{{anomaly}}`, read without expanding anything.
+    pub cooldown_key: Option<Template>,
+    /// How long after an ok finish a recurrence of the same key means "not healed".
+    pub verify: Option<Duration>,
+    /// The workflow dispatched once when the action fails, times out or is not healed.
+    pub escalate: Option<Escalate>,
+}
+
+/// A case's `escalate`: the workflow's name and where it is in the map's workflows.
+#[derive(Debug, Clone)]
+pub struct Escalate {
+    pub workflow: String,
+    pub index: usize,
+}
+
+impl Case {
+    /// A case with only a workflow (index to be resolved), as `name: workflow` writes it.
+    pub fn new(workflow: &str, params: Arc<JsonObject>, cooldown: Duration) -> Case {
+        Case {
+            when: None,
+            workflow: workflow.to_string(),
+            workflow_index: 0,
+            params,
+            cooldown,
+            cooldown_key: None,
+            verify: None,
+            escalate: None,
+        }
+    }
+
+    /// The key this case's cooldown and verification count by for the anomaly `name` with
+    /// `details`: the name itself unless `cooldown_key` says otherwise, so the usual case
+    /// expands nothing. A field the anomaly lacks expands to nothing (more suppression, never
+    /// less).
+    pub fn key_for<'a>(&self, name: &'a str, details: &Details) -> Cow<'a, str> {
+        let Some(template) = &self.cooldown_key else {
+            return Cow::Borrowed(name);
+        };
+        Cow::Owned(template.expand_or_empty(&TemplateContext {
+            anomaly: name,
+            workflow: &self.workflow,
+            // Refused in a `cooldown_key` when the map loads: never expanded.
+            action_id: uuid::Uuid::nil(),
+            details,
+            params: &self.params,
+        }))
+    }
+
+    fn serialize_entries<M: serde::ser::SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
+        if let Some(when) = &self.when {
+            map.serialize_entry("when", when)?;
+        }
+        map.serialize_entry("workflow", &self.workflow)?;
+        map.serialize_entry("params", &*self.params)?;
+        map.serialize_entry("cooldown", &DurationShown(self.cooldown))?;
+        if let Some(key) = &self.cooldown_key {
+            map.serialize_entry("cooldown_key", key)?;
+        }
+        if let Some(verify) = self.verify {
+            map.serialize_entry("verify", &DurationShown(verify))?;
+        }
+        if let Some(escalate) = &self.escalate {
+            map.serialize_entry("escalate", &escalate.workflow)?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Case {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(None)?;
+        self.serialize_entries(&mut map)?;
+        map.end()
+    }
+}
+
+/// A duration as the map writes it (`5m`, `1h 30m`).
+struct DurationShown(Duration);
+
+impl Serialize for DurationShown {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize_duration(&self.0, s)
+    }
 }
 
 /// A named corrective workflow: its action and the rails that bound it.

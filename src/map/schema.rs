@@ -13,13 +13,14 @@ use std::time::Duration;
 
 use indexmap::IndexMap;
 use schemars::JsonSchema;
-use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
+use super::conditions::When;
 use super::matcher::{self, Pattern};
 use super::{
-    Action, Breaker, ExecAction, HeaderTemplate, Template, WebhookAction, DEFAULT_EXEC_TIMEOUT,
-    DEFAULT_WEBHOOK_RETRIES, DEFAULT_WEBHOOK_TIMEOUT,
+    Action, Breaker, Budget, ExecAction, HeaderTemplate, Template, WebhookAction,
+    DEFAULT_EXEC_TIMEOUT, DEFAULT_WEBHOOK_RETRIES, DEFAULT_WEBHOOK_TIMEOUT, MAX_BUDGET_ACTIONS,
 };
 use crate::anomaly::{validate_name, JsonObject};
 
@@ -37,6 +38,10 @@ pub(super) struct RawFile {
     #[serde(default)]
     #[schemars(with = "Option<RawDefaults>")]
     pub(super) defaults: RawDefaults,
+    /// Brakes across the whole map.
+    #[serde(default)]
+    #[schemars(with = "Option<RawLimits>")]
+    pub(super) limits: RawLimits,
     /// `None` when the section is absent: the original format, where every workflow is log-only.
     /// An empty `workflows:` is `Some`: the file has opted in to declaring every workflow.
     #[serde(default, deserialize_with = "declared_section")]
@@ -45,9 +50,10 @@ pub(super) struct RawFile {
         description = "Every workflow a reflex names, by name: `{}` (log-only), `exec` or `webhook`, with optional rails. Without this section (the original format) every workflow named is log-only."
     )]
     pub(super) workflows: Option<DistinctMap<String, RawWorkflow>>,
-    /// Anomaly name or pattern -> workflow. An exact name wins over patterns; otherwise the
-    /// first pattern in file order that matches. `*` matches within one dot-separated segment,
-    /// `?` one character of a segment, `**` any run including dots.
+    /// Anomaly name or pattern -> one case, or a list of cases tried in order. An exact name
+    /// wins over patterns; otherwise the first pattern in file order that matches. `*` matches
+    /// within one dot-separated segment, `?` one character of a segment, `**` any run including
+    /// dots.
     #[serde(default)]
     pub(super) reflexes: DistinctMap<ReflexKey, RawReflex>,
     /// The original Python AutoHealer's list of exact names.
@@ -66,8 +72,64 @@ fn declared_section<'de, D: Deserializer<'de>>(
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "Defaults")]
 pub(super) struct RawDefaults {
-    /// After a dispatch, the same anomaly name is held back for this long (default 0s).
+    /// After a dispatch, the same anomaly name (or `cooldown_key`) is held back for this long
+    /// (default 0s).
     pub(super) cooldown: Option<DurationValue>,
+}
+
+/// `limits:`: brakes across the whole map (SPEC §9 "Budget").
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Limits")]
+pub(super) struct RawLimits {
+    /// At most `max` exec and webhook actions within any `within`, all workflows together
+    /// (log-only actions are free); beyond it actions are suppressed with reason `budget`.
+    pub(super) actions: Option<Budget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    max: NonZeroU32,
+    within: DurationValue,
+}
+
+impl<'de> Deserialize<'de> for Budget {
+    // Checked inside the visitor, so the error has the mapping's own position.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BudgetVisitor;
+        impl<'de> Visitor<'de> for BudgetVisitor {
+            type Value = Budget;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping with `max` and `within`")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Budget, A::Error> {
+                let raw = RawBudget::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Budget::try_from(raw).map_err(de::Error::custom)
+            }
+        }
+        deserializer.deserialize_map(BudgetVisitor)
+    }
+}
+
+impl TryFrom<RawBudget> for Budget {
+    type Error = String;
+    fn try_from(raw: RawBudget) -> Result<Self, String> {
+        // The budget remembers one instant per action in its window: bounded by `max`.
+        if raw.max.get() > MAX_BUDGET_ACTIONS {
+            return Err(format!(
+                "`max` is {}; the limit is {MAX_BUDGET_ACTIONS} actions per window",
+                raw.max
+            ));
+        }
+        if raw.within.0.is_zero() {
+            return Err("`within` must be longer than 0s".into());
+        }
+        Ok(Budget {
+            max: raw.max.get(),
+            within: raw.within.0,
+        })
+    }
 }
 
 /// A workflow as written: its action, already checked, and its rails.
@@ -165,26 +227,96 @@ struct RawBreaker {
     within: DurationValue,
 }
 
-/// A reflex in either form: `name: workflow` or `name: {workflow, params, cooldown}`.
+/// A reflex as written: one case (`name: workflow` or `name: {workflow, ...}`), or a list of
+/// cases tried in order (SPEC §9 "Cases").
 #[derive(Debug)]
 pub(super) struct RawReflex {
+    pub(super) cases: Vec<RawCase>,
+    /// Written as a list, so `GET /reflexes` shows it as one.
+    pub(super) listed: bool,
+}
+
+/// One case: a workflow name, or a mapping with `workflow` and its options.
+#[derive(Debug)]
+pub(super) struct RawCase {
     pub(super) workflow: String,
     pub(super) params: JsonObject,
     pub(super) cooldown: Option<DurationValue>,
+    pub(super) cooldown_key: Option<KeyTemplate>,
+    pub(super) verify: Option<VerifyWindow>,
+    pub(super) escalate: Option<String>,
+    pub(super) when: Option<When>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(rename = "Reflex")]
-struct RawReflexLong {
+#[schemars(rename = "CaseMapping")]
+struct RawCaseLong {
     /// The workflow to start, declared under `workflows:`.
     workflow: String,
     /// Handed to the workflow: `{{params.KEY}}` templates, the webhook body, AUTOHEALER_PARAMS.
     #[serde(default)]
     #[schemars(with = "Option<JsonObject>")]
     params: JsonObject,
-    /// Hold this anomaly name back for this long after a dispatch (default: `defaults.cooldown`).
+    /// Hold the same key back for this long after a dispatch (default: `defaults.cooldown`).
     cooldown: Option<DurationValue>,
+    /// What the cooldown and `verify` count by, a template (default `{{anomaly}}`), e.g.
+    /// `{{details.mount}}` for one cooldown per mount; a missing field expands to "".
+    cooldown_key: Option<KeyTemplate>,
+    /// After an `ok` finish, the same key arriving again within this long means the remedy did
+    /// not hold: CRIT `healing action not healed`, and the breaker counts a failure.
+    verify: Option<VerifyWindow>,
+    /// A workflow dispatched once when the action fails, times out or is not healed.
+    escalate: Option<String>,
+    /// Conditions that must all hold for this case to be taken; none: it always holds.
+    when: Option<When>,
+}
+
+impl RawCase {
+    fn short(workflow: &str) -> RawCase {
+        RawCase {
+            workflow: workflow.to_string(),
+            params: JsonObject::new(),
+            cooldown: None,
+            cooldown_key: None,
+            verify: None,
+            escalate: None,
+            when: None,
+        }
+    }
+
+    fn long<'de, A: MapAccess<'de>>(map: A) -> Result<RawCase, A::Error> {
+        let long = RawCaseLong::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        Ok(RawCase {
+            workflow: long.workflow,
+            params: long.params,
+            cooldown: long.cooldown,
+            cooldown_key: long.cooldown_key,
+            verify: long.verify,
+            escalate: long.escalate,
+            when: long.when,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for RawCase {
+    // A visitor rather than `untagged`, whose errors do not say what was wrong.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CaseVisitor;
+        impl<'de> Visitor<'de> for CaseVisitor {
+            type Value = RawCase;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a workflow name, or a mapping with `workflow` and optional `when`, `params`, `cooldown`, `cooldown_key`, `verify` and `escalate`")
+            }
+            fn visit_str<E: de::Error>(self, workflow: &str) -> Result<RawCase, E> {
+                Ok(RawCase::short(workflow))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawCase, A::Error> {
+                RawCase::long(map)
+            }
+        }
+        deserializer.deserialize_any(CaseVisitor)
+    }
 }
 
 impl<'de> Deserialize<'de> for RawReflex {
@@ -194,25 +326,104 @@ impl<'de> Deserialize<'de> for RawReflex {
         impl<'de> Visitor<'de> for ReflexVisitor {
             type Value = RawReflex;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a workflow name, or a mapping with `workflow` and optional `params` and `cooldown`")
+                f.write_str("a workflow name, a mapping with `workflow` and optional `when`, `params`, `cooldown`, `cooldown_key`, `verify` and `escalate`, or a list of such cases")
             }
             fn visit_str<E: de::Error>(self, workflow: &str) -> Result<RawReflex, E> {
                 Ok(RawReflex {
-                    workflow: workflow.to_string(),
-                    params: JsonObject::new(),
-                    cooldown: None,
+                    cases: vec![RawCase::short(workflow)],
+                    listed: false,
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawReflex, A::Error> {
-                let long = RawReflexLong::deserialize(de::value::MapAccessDeserializer::new(map))?;
                 Ok(RawReflex {
-                    workflow: long.workflow,
-                    params: long.params,
-                    cooldown: long.cooldown,
+                    cases: vec![RawCase::long(map)?],
+                    listed: false,
+                })
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawReflex, A::Error> {
+                let mut cases = Vec::new();
+                while let Some(case) = seq.next_element()? {
+                    cases.push(case);
+                }
+                if cases.is_empty() {
+                    return Err(de::Error::custom(
+                        "the list of cases is empty: give at least one workflow",
+                    ));
+                }
+                Ok(RawReflex {
+                    cases,
+                    listed: true,
                 })
             }
         }
         deserializer.deserialize_any(ReflexVisitor)
+    }
+}
+
+/// Deserializes a string and checks it with `T::try_from` inside the visitor, so serde_yaml
+/// gives the error the string's own line and column (a `try_from` on the derive runs after the
+/// string is read, and the error takes the position of the mapping around it).
+pub(super) fn checked_str<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<String, Error = String>,
+{
+    struct CheckedVisitor<T>(PhantomData<T>);
+    impl<T: TryFrom<String, Error = String>> Visitor<'_> for CheckedVisitor<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<T, E> {
+            T::try_from(text.to_string()).map_err(E::custom)
+        }
+    }
+    deserializer.deserialize_str(CheckedVisitor(PhantomData))
+}
+
+/// A `cooldown_key`: a template of what a cooldown counts by.
+#[derive(Debug)]
+pub(super) struct KeyTemplate(pub(super) Template);
+
+impl<'de> Deserialize<'de> for KeyTemplate {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        checked_str(deserializer)
+    }
+}
+
+impl TryFrom<String> for KeyTemplate {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        let template = Template::parse(&text)?;
+        if template.uses_action_id() {
+            return Err(format!(
+                "`cooldown_key` `{text}` uses {{{{action_id}}}}, which differs for every action, so nothing would ever cool down"
+            ));
+        }
+        Ok(KeyTemplate(template))
+    }
+}
+
+/// A `verify` window: a duration longer than zero.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct VerifyWindow(pub(super) Duration);
+
+impl<'de> Deserialize<'de> for VerifyWindow {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        checked_str(deserializer)
+    }
+}
+
+impl TryFrom<String> for VerifyWindow {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        let duration = parse_duration(&text)?;
+        if duration.is_zero() {
+            return Err(format!(
+                "`verify: {text}` would judge every action healed at once: give a window longer than 0s, or leave `verify` out"
+            ));
+        }
+        Ok(VerifyWindow(duration))
     }
 }
 

@@ -70,9 +70,25 @@ impl Template {
 
     /// Expands every placeholder; a missing key fails with a message naming it.
     pub fn expand(&self, context: &TemplateContext<'_>) -> Result<String, String> {
+        self.expand_with(context, false)
+    }
+
+    /// Expands every placeholder, a missing key as an empty string: for a `cooldown_key`, where
+    /// a missing field must mean more suppression, never a failed dispatch (SPEC §9).
+    pub fn expand_or_empty(&self, context: &TemplateContext<'_>) -> String {
+        // With `lenient`, a missing key is never an error.
+        self.expand_with(context, true).unwrap_or_default()
+    }
+
+    /// True when the template names `{{action_id}}`, which differs for every action.
+    pub fn uses_action_id(&self) -> bool {
+        self.parts.iter().any(|part| matches!(part, Part::ActionId))
+    }
+
+    fn expand_with(&self, context: &TemplateContext<'_>, lenient: bool) -> Result<String, String> {
         let mut out = String::with_capacity(self.source.len());
         for part in &self.parts {
-            part.expand_into(&mut out, context)?;
+            part.expand_into(&mut out, context, lenient)?;
         }
         Ok(out)
     }
@@ -85,7 +101,7 @@ impl Template {
         let mut out = String::with_capacity(self.source.len());
         for part in &self.parts {
             let starts_here = out.is_empty();
-            part.expand_into(&mut out, context)?;
+            part.expand_into(&mut out, context, false)?;
             // Whatever comes first in the argument decides: an empty part before it does not.
             if starts_here && part.is_caller_input() && out.starts_with('-') {
                 return Err(format!(
@@ -114,7 +130,17 @@ impl Template {
 
 impl Part {
     /// Appends this part's expansion to `out`.
-    fn expand_into(&self, out: &mut String, context: &TemplateContext<'_>) -> Result<(), String> {
+    /// Appends this part's value; with `lenient`, a missing key appends nothing.
+    fn expand_into(
+        &self,
+        out: &mut String,
+        context: &TemplateContext<'_>,
+        lenient: bool,
+    ) -> Result<(), String> {
+        let looked_up = |found: Result<String, String>| match found {
+            Err(_) if lenient => Ok(String::new()),
+            other => other,
+        };
         match self {
             Part::Literal(text) => out.push_str(text),
             Part::Anomaly => out.push_str(context.anomaly),
@@ -125,10 +151,12 @@ impl Part {
                     .hyphenated()
                     .encode_lower(&mut Uuid::encode_buffer()),
             ),
-            Part::Details(path) => {
-                out.push_str(&lookup(context.details.object(), path, "details")?)
-            }
-            Part::Params(path) => out.push_str(&lookup(context.params, path, "params")?),
+            Part::Details(path) => out.push_str(&looked_up(lookup(
+                context.details.object(),
+                path,
+                "details",
+            ))?),
+            Part::Params(path) => out.push_str(&looked_up(lookup(context.params, path, "params"))?),
         }
         Ok(())
     }
@@ -331,6 +359,25 @@ mod tests {
             expand("{{details.file}}", hostile).unwrap(),
             "--checkpoint-action=exec=sh"
         );
+    }
+
+    #[test]
+    fn a_key_expands_missing_fields_to_nothing() {
+        let details = Details::from_object(object(json!({"mount": "/var"})));
+        let params = JsonObject::new();
+        let context = TemplateContext {
+            anomaly: "disk.sda.full",
+            workflow: "clean",
+            action_id: Uuid::nil(),
+            details: &details,
+            params: &params,
+        };
+        let key = |text: &str| Template::parse(text).unwrap().expand_or_empty(&context);
+        assert_eq!(key("{{details.mount}}"), "/var");
+        assert_eq!(key("{{anomaly}}@{{details.host}}"), "disk.sda.full@");
+        assert_eq!(key("{{params.unit}}"), "");
+        assert!(Template::parse("x{{action_id}}").unwrap().uses_action_id());
+        assert!(!Template::parse("{{anomaly}}").unwrap().uses_action_id());
     }
 
     #[test]

@@ -1,24 +1,47 @@
-//! Safety rails (SPEC §3): cooldown per anomaly name, `max_concurrent` per workflow, and the
-//! circuit breaker per workflow.
+//! Safety rails (SPEC §3, §8, §9): what may hold a matched anomaly back, and what the daemon
+//! remembers to judge it. One file per rail:
+//!
+//! - `keys`: per-reflex tables by cooldown key (cooldowns and verification windows), bounded;
+//! - `in_flight`: `max_concurrent` per workflow;
+//! - `breaker`: the circuit breaker per workflow;
+//! - `budget`: the global budget of exec and webhook actions;
+//! - `verification`: verification windows and the order they end in.
 //!
 //! The state lives here, outside the reflex map, so a reload never re-arms a flapping workflow:
-//! it is keyed by anomaly and workflow names, and each check reads the rail settings from the map
-//! snapshot that matched. Critical sections are short `std::sync::Mutex` sections, never held
-//! across an `.await`.
+//! it is keyed by reflex, key and workflow names, and each check reads the rail settings from
+//! the map snapshot that matched. `RailState` is plain data, one field per kind of state, so it
+//! can be written out and read back whole. Critical sections are short `std::sync::Mutex`
+//! sections, never held across an `.await`. The rails change state and report what happened
+//! (`RailEvents`); the dispatcher writes the records.
 
-use std::collections::{HashMap, VecDeque};
+mod breaker;
+mod budget;
+mod in_flight;
+mod keys;
+mod verification;
+
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use uuid::Uuid;
 
 use crate::actions::Outcome;
-use crate::map::{Action, Breaker, Reflex, Workflow};
+use crate::anomaly::JsonObject;
+use crate::map::{Action, Breaker, Budget, Limits, ReflexMap, Selected, Workflow};
 
-/// Cooldown entries kept before the first sweep of expired ones (patterns can match unbounded
-/// names, so the map must be swept; the next sweep waits until it doubles, so sweeping stays
-/// amortized O(1) per dispatch even when every entry is still cooling down).
-const FIRST_COOLDOWN_SWEEP: usize = 4096;
+pub use breaker::{BreakerState, Breakers, CircuitOpened};
+pub use budget::{BudgetExhausted, BudgetState};
+pub use in_flight::InFlight;
+pub use keys::{KeyState, KeyTable, KeyTables, MAX_KEYS_PER_REFLEX};
+pub use verification::{Deadlines, NotHealed, Verified, VerifiedBy, Window, WindowAt};
+
+/// How often idle per-key state is swept out, and how seldom `rail state overflow` is repeated.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Windows judged per call of `sweep`, so one call never holds the lock long; the sweeper calls
+/// again at once while more are due.
+pub const MAX_VERDICTS_PER_SWEEP: usize = 1000;
 
 /// Why a matched anomaly was held back, as the `reason` of the suppressed answer and record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +49,7 @@ pub enum SuppressReason {
     Cooldown,
     InFlight,
     CircuitOpen,
+    Budget,
 }
 
 impl SuppressReason {
@@ -35,17 +59,84 @@ impl SuppressReason {
             SuppressReason::Cooldown => "cooldown",
             SuppressReason::InFlight => "in_flight",
             SuppressReason::CircuitOpen => "circuit_open",
+            SuppressReason::Budget => "budget",
         }
     }
 }
 
-/// A breaker that just opened, for the CRIT `circuit opened` record.
+/// A reflex whose per-key table was full, for the WARN `rail state overflow`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CircuitOpened {
-    pub failures: u32,
-    pub within: Duration,
-    /// How long from now the workflow stays suspended.
-    pub open_for: Duration,
+pub struct Overflow {
+    pub reflex: Arc<str>,
+    pub max_keys: usize,
+}
+
+/// What changed in the rails besides the admission itself, each for a record.
+#[derive(Debug, Default)]
+pub struct RailEvents {
+    pub not_healed: Vec<NotHealed>,
+    pub verified: Vec<Verified>,
+    /// Breakers opened by actions found not healed, by workflow.
+    pub circuits_opened: Vec<(Arc<str>, CircuitOpened)>,
+    pub budget_exhausted: Option<BudgetExhausted>,
+    pub overflow: Option<Overflow>,
+}
+
+impl RailEvents {
+    /// Nothing happened: what almost every admission reports.
+    pub fn is_empty(&self) -> bool {
+        self.not_healed.is_empty()
+            && self.verified.is_empty()
+            && self.circuits_opened.is_empty()
+            && self.budget_exhausted.is_none()
+            && self.overflow.is_none()
+    }
+}
+
+/// The rails' answer about one anomaly: a permit or the reason it is held back, and what else
+/// the arrival changed.
+#[derive(Debug)]
+pub struct Admission {
+    pub result: Result<Permit, SuppressReason>,
+    pub events: RailEvents,
+}
+
+/// Proof that a run was admitted; hand it back to `Rails::finish` when the run ends.
+#[derive(Debug)]
+pub struct Permit {
+    workflow: Arc<str>,
+    counted: bool,
+    /// Set when the case verifies: where to open the window if the run ends `ok`.
+    verify: Option<Box<VerifyTicket>>,
+}
+
+impl Permit {
+    /// Whether an `ok` finish opens a verification window.
+    pub fn verifies(&self) -> bool {
+        self.verify.is_some()
+    }
+}
+
+/// What a verification window needs from the dispatch that opens it.
+#[derive(Debug)]
+struct VerifyTicket {
+    reflex: Arc<str>,
+    key: Box<str>,
+    window: Duration,
+    anomaly: Arc<str>,
+    escalate: Option<Arc<str>>,
+    params: Arc<JsonObject>,
+}
+
+/// What finishing a run changed.
+#[derive(Debug, Default)]
+pub struct Finished {
+    pub circuit_opened: Option<CircuitOpened>,
+    /// A verification window opened: the action's verdict is pending.
+    pub verifying: bool,
+    /// The new window ends before any other: the sweeper must re-arm its timer.
+    pub wake_sweeper: bool,
+    pub overflow: Option<Overflow>,
 }
 
 /// The shared rail state; cloning shares it.
@@ -54,141 +145,237 @@ pub struct Rails {
     state: Arc<Mutex<RailState>>,
 }
 
-struct RailState {
-    /// Anomaly name → when its cooldown ends.
-    cooldown_until: HashMap<String, Instant>,
-    /// Size of `cooldown_until` at which expired entries are next swept.
-    next_cooldown_sweep: usize,
-    /// Workflow name → runs in flight (exec and webhook workflows only).
-    in_flight: HashMap<Arc<str>, u32>,
-    /// Workflow name → recent failures and whether the circuit is open.
-    breakers: HashMap<Arc<str>, BreakerState>,
-}
-
-impl Default for RailState {
-    fn default() -> Self {
-        RailState {
-            cooldown_until: HashMap::new(),
-            next_cooldown_sweep: FIRST_COOLDOWN_SWEEP,
-            in_flight: HashMap::new(),
-            breakers: HashMap::new(),
-        }
-    }
-}
-
-#[derive(Default)]
-struct BreakerState {
-    failures: VecDeque<Instant>,
-    open_until: Option<Instant>,
-}
-
-/// Proof that a run was admitted; hand it back to `Rails::finish` when the run ends.
-#[derive(Debug)]
-pub struct Permit {
-    workflow: Arc<str>,
-    counted: bool,
+/// Everything the rails remember, one field per kind of state.
+#[derive(Debug, Default)]
+pub struct RailState {
+    pub keys: KeyTables,
+    pub in_flight: InFlight,
+    pub breakers: Breakers,
+    pub budget: BudgetState,
+    pub deadlines: Deadlines,
+    /// When `rail state overflow` was last reported.
+    pub overflow_warned_at: Option<Instant>,
 }
 
 impl Rails {
-    /// Admits a run of `workflow` for `anomaly` via `reflex`, or says which rail holds it back.
+    /// Admits a run of the `selected` case for `anomaly`, whose cooldown key is `key`, or says
+    /// which rail holds it back. Judges the verification windows open on the key first: an
+    /// arrival inside one, admitted or not, means that action did not heal.
     pub fn admit(
         &self,
-        anomaly: &str,
-        reflex: &Reflex,
-        workflow: &Workflow,
+        map: &ReflexMap,
+        selected: Selected<'_>,
+        anomaly: &Arc<str>,
+        key: &str,
         now: Instant,
-    ) -> Result<Permit, SuppressReason> {
-        let mut state = self.lock();
-        if state
-            .cooldown_until
-            .get(anomaly)
-            .is_some_and(|until| now < *until)
-        {
-            return Err(SuppressReason::Cooldown);
-        }
-        if let Some(breaker) = state.breakers.get_mut(&workflow.name) {
-            match breaker.open_until {
-                Some(until) if now < until => return Err(SuppressReason::CircuitOpen),
-                Some(_) => *breaker = BreakerState::default(), // the window is over: close
-                None => {}
+    ) -> Admission {
+        let Selected {
+            reflex,
+            case,
+            workflow,
+        } = selected;
+        let mut events = RailEvents::default();
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let mut cooling = false;
+        // Only a reflex with a cooldown or a verify window keeps per-key state.
+        if reflex.keyed {
+            let mut slot = state.keys.table(&reflex.key).slot(key, now);
+            if matches!(slot, keys::Slot::Overflow(_)) {
+                events.overflow = warn_overflow(&mut state.overflow_warned_at, &reflex.key, now);
+            }
+            if let Some(key_state) = slot.state() {
+                verification::on_arrival(
+                    key_state,
+                    &mut state.deadlines,
+                    now,
+                    &mut events.not_healed,
+                    &mut events.verified,
+                );
+                cooling = key_state.cooling(now);
             }
         }
-        // Log-only workflows cannot pile up, so max_concurrent never holds them back.
-        let counted = !matches!(workflow.action, Action::Log);
-        if counted {
-            let running = state.in_flight.entry(workflow.name.clone()).or_insert(0);
-            if *running >= workflow.max_concurrent {
-                return Err(SuppressReason::InFlight);
+        for failed in &events.not_healed {
+            // A remedy that did not hold counts against its workflow's breaker.
+            let Some(failed_workflow) = map.workflows.get(&*failed.workflow) else {
+                continue;
+            };
+            let Some(config) = failed_workflow.breaker else {
+                continue;
+            };
+            if let Some(opened) = state
+                .breakers
+                .record_failure(&failed_workflow.name, config, now)
+            {
+                events
+                    .circuits_opened
+                    .push((failed_workflow.name.clone(), opened));
             }
-            *running += 1;
         }
-        if !reflex.cooldown.is_zero() {
-            if state.cooldown_until.len() >= state.next_cooldown_sweep {
-                state.cooldown_until.retain(|_, until| now < *until);
-                state.next_cooldown_sweep =
-                    (state.cooldown_until.len() * 2).max(FIRST_COOLDOWN_SWEEP);
+        if cooling {
+            return Admission {
+                result: Err(SuppressReason::Cooldown),
+                events,
+            };
+        }
+        let mut permit = match admit_run(state, workflow, map.limits, now, &mut events) {
+            Ok(permit) => permit,
+            Err(reason) => {
+                return Admission {
+                    result: Err(reason),
+                    events,
+                }
             }
-            state
-                .cooldown_until
-                .insert(anomaly.to_string(), now + reflex.cooldown);
+        };
+        if !case.cooldown.is_zero() {
+            let (key_state, _) = state.keys.table(&reflex.key).state_for(key, now);
+            key_state.cooldown_until = Some(now + case.cooldown);
         }
-        Ok(Permit {
-            workflow: workflow.name.clone(),
-            counted,
-        })
+        if let Some(window) = case.verify {
+            permit.verify = Some(Box::new(VerifyTicket {
+                reflex: reflex.key.clone(),
+                key: key.into(),
+                window,
+                anomaly: anomaly.clone(),
+                escalate: case
+                    .escalate
+                    .as_ref()
+                    .map(|escalate| Arc::from(escalate.workflow.as_str())),
+                params: case.params.clone(),
+            }));
+        }
+        Admission {
+            result: Ok(permit),
+            events,
+        }
     }
 
-    /// Releases `permit` and feeds the outcome to the breaker; returns the breaker if it opened.
+    /// Admits an escalation to `workflow`: through its own breaker, in-flight bound and the
+    /// budget, but never the cooldown of the anomaly that caused it (SPEC §9 "Escalation").
+    pub fn admit_escalation(&self, workflow: &Workflow, limits: Limits, now: Instant) -> Admission {
+        let mut events = RailEvents::default();
+        let mut state = self.lock();
+        let result = admit_run(&mut state, workflow, limits, now, &mut events);
+        Admission { result, events }
+    }
+
+    /// Releases `permit` for action `action_id`, feeds the outcome to the breaker, and opens
+    /// the verification window of an `ok` run whose case verifies.
     pub fn finish(
         &self,
         permit: Permit,
         outcome: Outcome,
         breaker: Option<Breaker>,
+        action_id: Uuid,
         now: Instant,
-    ) -> Option<CircuitOpened> {
-        let mut state = self.lock();
+    ) -> Finished {
+        let mut guard = self.lock();
+        let state = &mut *guard;
         if permit.counted {
-            if let Some(running) = state.in_flight.get_mut(&permit.workflow) {
-                *running = running.saturating_sub(1);
-                if *running == 0 {
-                    state.in_flight.remove(&permit.workflow);
-                }
+            state.in_flight.end(&permit.workflow);
+        }
+        let mut finished = Finished::default();
+        if outcome != Outcome::Ok {
+            if let Some(config) = breaker {
+                finished.circuit_opened =
+                    state.breakers.record_failure(&permit.workflow, config, now);
+            }
+            return finished;
+        }
+        let Some(ticket) = permit.verify else {
+            return finished;
+        };
+        let VerifyTicket {
+            reflex,
+            key,
+            window,
+            anomaly,
+            escalate,
+            params,
+        } = *ticket;
+        let window = Window {
+            id: state.deadlines.next_id(),
+            action_id,
+            anomaly,
+            workflow: permit.workflow,
+            escalate,
+            params,
+            opened_at: now,
+            until: now + window,
+        };
+        let (key_state, overflowed) = state.keys.table(&reflex).state_for(&key, now);
+        if overflowed {
+            finished.overflow = warn_overflow(&mut state.overflow_warned_at, &reflex, now);
+        }
+        let at = WindowAt {
+            reflex,
+            key: (!overflowed).then_some(key),
+        };
+        finished.wake_sweeper = state.deadlines.add(&window, at);
+        key_state.windows.push(window);
+        finished.verifying = true;
+        finished
+    }
+
+    /// Alertmanager resolved `anomaly`, whose key under `reflex` is `key`: the windows it has
+    /// open there are healed.
+    pub fn resolve(&self, reflex: &str, key: &str, anomaly: &str) -> Vec<Verified> {
+        let mut verified = Vec::new();
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let Some(table) = state.keys.get(reflex) else {
+            return verified;
+        };
+        // A key that never fit in the full table has its windows in the overflow slot.
+        let key_state = match table.keys.contains(key) {
+            true => table.peek(Some(key)),
+            false => table.peek(None),
+        };
+        if let Some(key_state) = key_state {
+            verification::on_resolved(key_state, &mut state.deadlines, anomaly, &mut verified);
+        }
+        verified
+    }
+
+    /// Judges the windows that have ended by `now` (at most `MAX_VERDICTS_PER_SWEEP`) as healed;
+    /// with `housekeeping`, also forgets every idle key.
+    pub fn sweep(&self, now: Instant, housekeeping: bool) -> Vec<Verified> {
+        let mut verified = Vec::new();
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        while verified.len() < MAX_VERDICTS_PER_SWEEP {
+            let Some((id, at)) = state.deadlines.pop_due(now) else {
+                break;
+            };
+            let key_state = state
+                .keys
+                .get(&at.reflex)
+                .and_then(|table| table.peek(at.key.as_deref()));
+            // A window judged already (its key came back) left no deadline, so one is found.
+            if let Some(done) = key_state.and_then(|s| verification::on_quiet_end(s, id)) {
+                verified.push(done);
             }
         }
-        let config = breaker?;
-        if outcome == Outcome::Ok {
-            return None;
+        if housekeeping {
+            state.keys.sweep(now);
         }
-        let entry = state.breakers.entry(permit.workflow).or_default();
-        if entry.open_until.is_some() {
-            return None; // already open: one record per opening
-        }
-        entry.failures.push_back(now);
-        while entry
-            .failures
-            .front()
-            .is_some_and(|first| now.duration_since(*first) > config.within)
-        {
-            entry.failures.pop_front();
-        }
-        if entry.failures.len() < config.failures as usize {
-            return None;
-        }
-        // Suspended for the rest of the window that the counted failures span.
-        let first = entry.failures.front().copied().unwrap_or(now);
-        let until = first + config.within;
-        entry.open_until = Some(until);
-        Some(CircuitOpened {
-            failures: config.failures,
-            within: config.within,
-            open_for: until.saturating_duration_since(now),
-        })
+        verified
+    }
+
+    /// When the earliest open verification window ends.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.lock().deadlines.earliest()
+    }
+
+    /// Actions left in `budget` at `now`.
+    pub fn budget_remaining(&self, budget: Budget, now: Instant) -> u32 {
+        self.lock().budget.remaining(budget, now)
     }
 
     /// Runs of `workflow` in flight now.
     #[cfg(test)]
     pub fn in_flight(&self, workflow: &str) -> u32 {
-        self.lock().in_flight.get(workflow).copied().unwrap_or(0)
+        self.lock().in_flight.count(workflow)
     }
 
     fn lock(&self) -> MutexGuard<'_, RailState> {
@@ -200,157 +387,59 @@ impl Rails {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::anomaly::JsonObject;
-    use crate::map::{ExecAction, Template};
-
-    fn reflex(cooldown: Duration) -> Reflex {
-        Reflex {
-            key: "a.*".into(),
-            is_pattern: true,
-            workflow: "w".into(),
-            workflow_index: 0,
-            params: Arc::new(JsonObject::new()),
-            cooldown,
+/// The rails every run passes, escalations included: the breaker, then (for exec and webhook
+/// workflows) the in-flight bound and the budget.
+fn admit_run(
+    state: &mut RailState,
+    workflow: &Workflow,
+    limits: Limits,
+    now: Instant,
+    events: &mut RailEvents,
+) -> Result<Permit, SuppressReason> {
+    if state.breakers.is_open(&workflow.name, now) {
+        return Err(SuppressReason::CircuitOpen);
+    }
+    // Log-only workflows cannot pile up and cost nothing, so neither max_concurrent nor the
+    // budget holds them back.
+    let counted = !matches!(workflow.action, Action::Log);
+    if counted {
+        if !state
+            .in_flight
+            .try_start(&workflow.name, workflow.max_concurrent)
+        {
+            return Err(SuppressReason::InFlight);
+        }
+        if let Some(budget) = limits.actions {
+            if let Err(tripped) = state.budget.check(budget, now) {
+                state.in_flight.end(&workflow.name);
+                events.budget_exhausted = tripped;
+                return Err(SuppressReason::Budget);
+            }
+            state.budget.spend(now);
         }
     }
-
-    fn exec_workflow(max_concurrent: u32, breaker: Option<Breaker>) -> Workflow {
-        Workflow {
-            name: "w".into(),
-            action: Action::Exec(ExecAction {
-                command: vec![Template::parse("true").unwrap()],
-                timeout: Duration::from_secs(1),
-            }),
-            max_concurrent,
-            breaker,
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn cooldown_holds_back_the_same_name_only() {
-        let rails = Rails::default();
-        let (r, w) = (reflex(Duration::from_secs(60)), exec_workflow(10, None));
-        let now = Instant::now();
-        rails.admit("a.x", &r, &w, now).unwrap();
-        assert_eq!(
-            rails.admit("a.x", &r, &w, now).unwrap_err(),
-            SuppressReason::Cooldown
-        );
-        assert!(rails.admit("a.y", &r, &w, now).is_ok());
-        tokio::time::advance(Duration::from_secs(61)).await;
-        assert!(rails.admit("a.x", &r, &w, Instant::now()).is_ok());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn expired_cooldowns_are_swept_and_live_ones_kept() {
-        let rails = Rails::default();
-        let (short, long) = (
-            reflex(Duration::from_secs(1)),
-            reflex(Duration::from_secs(3600)),
-        );
-        let w = exec_workflow(u32::MAX, None);
-        let now = Instant::now();
-        for i in 0..FIRST_COOLDOWN_SWEEP - 1 {
-            rails.admit(&format!("a.{i}"), &short, &w, now).unwrap();
-        }
-        rails.admit("a.kept", &long, &w, now).unwrap();
-        tokio::time::advance(Duration::from_secs(2)).await;
-        rails.admit("a.new", &long, &w, Instant::now()).unwrap();
-        let state = rails.lock();
-        assert_eq!(
-            state.cooldown_until.len(),
-            2,
-            "only live entries survive the sweep"
-        );
-        assert_eq!(state.next_cooldown_sweep, FIRST_COOLDOWN_SWEEP);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn max_concurrent_bounds_runs_in_flight() {
-        let rails = Rails::default();
-        let (r, w) = (reflex(Duration::ZERO), exec_workflow(2, None));
-        let now = Instant::now();
-        let first = rails.admit("a.1", &r, &w, now).unwrap();
-        let _second = rails.admit("a.2", &r, &w, now).unwrap();
-        assert_eq!(
-            rails.admit("a.3", &r, &w, now).unwrap_err(),
-            SuppressReason::InFlight
-        );
-        rails.finish(first, Outcome::Ok, None, now);
-        assert_eq!(rails.in_flight("w"), 1);
-        assert!(rails.admit("a.3", &r, &w, now).is_ok());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn log_only_workflows_are_never_held_in_flight() {
-        let rails = Rails::default();
-        let r = reflex(Duration::ZERO);
-        let w = Workflow {
-            name: "log".into(),
-            action: Action::Log,
-            max_concurrent: 1,
-            breaker: None,
-        };
-        let now = Instant::now();
-        let _a = rails.admit("a.1", &r, &w, now).unwrap();
-        let _b = rails.admit("a.1", &r, &w, now).unwrap();
-        assert_eq!(rails.in_flight("log"), 0);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn breaker_opens_after_failures_within_the_window_and_closes_after_it() {
-        let rails = Rails::default();
-        let breaker = Breaker {
-            failures: 3,
-            within: Duration::from_secs(600),
-        };
-        let (r, w) = (reflex(Duration::ZERO), exec_workflow(10, Some(breaker)));
-        let start = Instant::now();
-        for i in 0..2 {
-            let permit = rails.admit("a.x", &r, &w, Instant::now()).unwrap();
-            assert_eq!(
-                rails.finish(permit, Outcome::Failed, Some(breaker), Instant::now()),
-                None,
-                "failure {i}"
-            );
-            tokio::time::advance(Duration::from_secs(60)).await;
-        }
-        let permit = rails.admit("a.x", &r, &w, Instant::now()).unwrap();
-        let opened = rails
-            .finish(permit, Outcome::Timeout, Some(breaker), Instant::now())
-            .unwrap();
-        assert_eq!(opened.failures, 3);
-        assert_eq!(opened.open_for, Duration::from_secs(600 - 120));
-        assert_eq!(
-            rails.admit("a.x", &r, &w, Instant::now()).unwrap_err(),
-            SuppressReason::CircuitOpen
-        );
-        tokio::time::advance(start + Duration::from_secs(601) - Instant::now()).await;
-        assert!(rails.admit("a.x", &r, &w, Instant::now()).is_ok());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn failures_outside_the_window_do_not_count() {
-        let rails = Rails::default();
-        let breaker = Breaker {
-            failures: 2,
-            within: Duration::from_secs(10),
-        };
-        let (r, w) = (reflex(Duration::ZERO), exec_workflow(10, Some(breaker)));
-        let permit = rails.admit("a.x", &r, &w, Instant::now()).unwrap();
-        rails.finish(permit, Outcome::Failed, Some(breaker), Instant::now());
-        tokio::time::advance(Duration::from_secs(11)).await;
-        let permit = rails.admit("a.x", &r, &w, Instant::now()).unwrap();
-        assert_eq!(
-            rails.finish(permit, Outcome::Failed, Some(breaker), Instant::now()),
-            None
-        );
-        let permit = rails.admit("a.x", &r, &w, Instant::now()).unwrap();
-        assert!(rails
-            .finish(permit, Outcome::Ok, Some(breaker), Instant::now())
-            .is_none());
-    }
+    Ok(Permit {
+        workflow: workflow.name.clone(),
+        counted,
+        verify: None,
+    })
 }
+
+/// The overflow to report for `reflex`, unless one was reported within `SWEEP_INTERVAL`.
+fn warn_overflow(
+    warned_at: &mut Option<Instant>,
+    reflex: &Arc<str>,
+    now: Instant,
+) -> Option<Overflow> {
+    if warned_at.is_some_and(|at| now.duration_since(at) < SWEEP_INTERVAL) {
+        return None;
+    }
+    *warned_at = Some(now);
+    Some(Overflow {
+        reflex: reflex.clone(),
+        max_keys: MAX_KEYS_PER_REFLEX,
+    })
+}
+
+#[cfg(test)]
+mod tests;

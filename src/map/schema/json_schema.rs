@@ -12,12 +12,24 @@ use std::borrow::Cow;
 use schemars::generate::SchemaSettings;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 
-use super::{Argv, DistinctMap, DurationValue, Headers, RawFile, RawReflex, RawReflexLong};
-use super::{RawWorkflow, RawWorkflowFields, WebhookUrl};
+use super::super::conditions::When;
+use super::super::{Budget, MAX_BUDGET_ACTIONS};
+use super::{Argv, DistinctMap, DurationValue, Headers, KeyTemplate, RawCase, RawCaseLong};
+use super::{RawFile, RawReflex, RawWorkflow, RawWorkflowFields, VerifyWindow, WebhookUrl};
 
 /// A duration as `parse_duration` (humantime) reads it: one or more `<number><unit>` with an
 /// optional fraction, or a bare `0`. The year limit is left to the daemon's message.
 const DURATION_PATTERN: &str = r"^\s*(0|([0-9]+(\.[0-9]+)?\s*(nanos|nsec|ns|usec|us|µs|millis|msec|ms|seconds|second|secs|sec|s|minutes|minute|mins|min|m|hours|hour|hrs|hr|h|days|day|d|weeks|week|wks|wk|w|months|month|M|years|year|yrs|yr|y)\s*)+)$";
+
+/// The durations `DURATION_PATTERN` accepts that are zero (`0`, `0s`, `0.0m`), which `verify`
+/// and `limits.actions.within` refuse.
+const ZERO_DURATION_PATTERN: &str = r"^\s*(0|(0+(\.0+)?\s*[a-zµA-Z]+\s*)+)$";
+
+/// A `when` field: `anomaly`, or `details.` and a path of non-empty keys.
+const FIELD_PATTERN: &str = r"^(anomaly|details(\.[^.]+)+)$";
+
+/// A `{{action_id}}` placeholder, which a `cooldown_key` may not use.
+const ACTION_ID_PATTERN: &str = r"\{\{\s*action_id\s*\}\}";
 
 /// The characters of an HTTP header name (RFC 9110 `token`), as `HeaderName` accepts them.
 const HEADER_NAME_PATTERN: &str = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
@@ -56,21 +68,147 @@ impl JsonSchema for RawWorkflow {
 
 impl JsonSchema for RawReflex {
     fn schema_name() -> Cow<'static, str> {
-        "ReflexTarget".into()
+        "Reflex".into()
     }
 
     fn json_schema(generator: &mut SchemaGenerator) -> Schema {
-        // The visitor in `schema` takes a workflow name or the long form's mapping.
-        let long = generator.subschema_for::<RawReflexLong>();
+        // The visitor in `schema` takes one case (a name or a mapping) or a non-empty list.
+        let long = generator.subschema_for::<RawCaseLong>();
+        let case = generator.subschema_for::<RawCase>();
         json_schema!({
             "anyOf": [
-                {
-                    "type": "string",
-                    "minLength": 1,
-                    "description": "The workflow to start, declared under `workflows:`.",
-                },
+                workflow_name(),
                 long,
+                {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": case,
+                    "description": "Cases tried in order: the first whose `when` holds is taken; when none holds, the next matching pattern's cases, else `unmatched`.",
+                },
             ]
+        })
+    }
+}
+
+impl JsonSchema for RawCase {
+    fn schema_name() -> Cow<'static, str> {
+        "Case".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        // The visitor in `schema` takes a workflow name or a mapping.
+        let long = generator.subschema_for::<RawCaseLong>();
+        json_schema!({"anyOf": [workflow_name(), long]})
+    }
+}
+
+/// A case written as its workflow's name alone.
+fn workflow_name() -> Schema {
+    json_schema!({
+        "type": "string",
+        "minLength": 1,
+        "description": "The workflow to start, declared under `workflows:`.",
+    })
+}
+
+impl JsonSchema for When {
+    fn schema_name() -> Cow<'static, str> {
+        "When".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        // As `conditions` reads it: a value (equality) or a mapping of operators, per field.
+        let value = json_schema!({"type": ["string", "number", "boolean", "null"]});
+        let number = json_schema!({"type": "number"});
+        let operators = json_schema!({
+            "type": "object",
+            "minProperties": 1,
+            "additionalProperties": false,
+            "properties": {
+                "eq": value.clone(),
+                "ne": value.clone(),
+                "gt": number.clone(),
+                "gte": number.clone(),
+                "lt": number.clone(),
+                "lte": number,
+                "in": {"type": "array", "minItems": 1, "items": value.clone()},
+                "matches": {
+                    "type": "string",
+                    "description": "A regular expression (Rust regex syntax) the whole string must match.",
+                },
+                "exists": {"type": "boolean"},
+            },
+            // A missing field holds only `exists: false`, which no other operator holds.
+            "not": {
+                "required": ["exists"],
+                "properties": {"exists": {"const": false}},
+                "minProperties": 2,
+            },
+        });
+        json_schema!({
+            "description": "Conditions that must all hold: a field (`anomaly`, or `details.KEY` with dots for nesting) maps to a value (equality) or to operators: eq, ne, gt, gte, lt, lte, in, matches, exists. A missing field holds only `exists: false`; a value of another type holds nothing.",
+            "type": "object",
+            "minProperties": 1,
+            "propertyNames": {"pattern": FIELD_PATTERN},
+            "additionalProperties": {"anyOf": [value, operators]},
+        })
+    }
+}
+
+impl JsonSchema for KeyTemplate {
+    fn schema_name() -> Cow<'static, str> {
+        "CooldownKey".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": ["string", "number", "boolean"],
+            "not": {"type": "string", "pattern": ACTION_ID_PATTERN},
+            "description": "A template such as \"{{details.mount}}\": one cooldown per value. `{{action_id}}` differs for every action, so it is refused.",
+        })
+    }
+}
+
+/// A duration longer than zero.
+fn positive_duration(description: &str) -> Schema {
+    json_schema!({
+        "description": description,
+        "type": "string",
+        "pattern": DURATION_PATTERN,
+        "not": {"pattern": ZERO_DURATION_PATTERN},
+    })
+}
+
+impl JsonSchema for VerifyWindow {
+    fn schema_name() -> Cow<'static, str> {
+        "VerifyWindow".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        positive_duration("A duration longer than 0s, such as 10m: how long after an ok finish a recurrence of the same key means the remedy did not hold.")
+    }
+}
+
+impl JsonSchema for Budget {
+    fn schema_name() -> Cow<'static, str> {
+        "Budget".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        // Checked by `Budget`'s visitor in `schema`.
+        json_schema!({
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["max", "within"],
+            "properties": {
+                "max": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": MAX_BUDGET_ACTIONS,
+                    "description": "Exec and webhook actions allowed within any `within`.",
+                },
+                "within": positive_duration("The sliding window, longer than 0s, such as 1m."),
+            },
         })
     }
 }
@@ -181,7 +319,8 @@ mod tests {
             ("reflexes: {a: {workflow: w, cooldown: 5m, later: 1}}", false),
             ("reflexes:\n  a:\n    workflow: w\n    params:\n    cooldown:\n", true),
             ("reflexes: {a: {params: {}}}", false),
-            ("reflexes: {a: [w]}", false),
+            ("reflexes: {a: [w]}", true),
+            ("reflexes: {a: []}", false),
             ("reflexes: {a: w}\nworkflows: {w: {max_concurrent: 2, breaker: {failures: 3, within: 10m}}}", true),
             ("reflexes: {a: w}\nworkflows: {w: {max_concurrent: 0}}", false),
             ("reflexes: {a: w}\nworkflows: {w: {breaker: {failures: 3}}}", false),
