@@ -102,6 +102,15 @@ fn the_readme_examples_validate() {
     let validator = validator();
     let maps = readme_maps();
     assert!(!maps.is_empty(), "the README shows a map");
+    // Among them the worked example of cases and rails.
+    assert!(
+        maps.iter().any(
+            |map| ["when:", "cooldown_key:", "verify:", "escalate:", "limits:"]
+                .iter()
+                .all(|key| map.contains(key))
+        ),
+        "the README's worked example is a map the schema checks"
+    );
     for map in maps {
         assert_valid_and_loads(&validator, "a README example", &map);
     }
@@ -135,6 +144,15 @@ fn mistakes_are_flagged_where_they_are() {
         "workflows:\n  w: {exec: {command: [x]}, webhook: {url: \"http://h\"}}\nreflexes: {}\n",
     );
     assert!(both.contains("/workflows/w"), "{both}");
+    // In a list of cases: an unknown operator, and a window that would judge at once.
+    let cases = flagged(
+        "workflows:\n  w: {}\nreflexes:\n  a:\n    - {workflow: w, when: {details.x: {gtee: 5}}}\n    - {workflow: w, verify: 0s}\n",
+    );
+    assert!(
+        cases.contains("gtee") && cases.contains("/reflexes/a"),
+        "{cases}"
+    );
+    assert!(cases.contains("\"0s\""), "{cases}");
     // A number in an argv list is text to the daemon: no complaint.
     assert_eq!(
         flagged("workflows:\n  w: {exec: {command: [sleep, 5]}}\nreflexes: {a: w}\n"),

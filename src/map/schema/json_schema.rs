@@ -6,6 +6,10 @@
 //! boolean), while serde_yaml hands the daemon any scalar as text where it wants a string. So
 //! where a string is expected and a number is natural (argv elements, header values) the schema
 //! accepts numbers and booleans too: no red squiggle under `command: [sleep, 5]`, which loads.
+//!
+//! Left to the daemon's own message (`autohealer check`): the year limit on durations, the
+//! names inside `{{...}}` placeholders, the syntax of a `matches` regular expression, and the
+//! whole-file checks of `compile` (undeclared workflows, keys given twice).
 
 use std::borrow::Cow;
 
@@ -132,10 +136,7 @@ impl JsonSchema for When {
                 "lt": number.clone(),
                 "lte": number,
                 "in": {"type": "array", "minItems": 1, "items": value.clone()},
-                "matches": {
-                    "type": "string",
-                    "description": "A regular expression (Rust regex syntax) the whole string must match.",
-                },
+                "matches": scalar("A regular expression (Rust regex syntax) the whole string must match."),
                 "exists": {"type": "boolean"},
             },
             // A missing field holds only `exists: false`, which no other operator holds.
@@ -338,6 +339,66 @@ mod tests {
             ("anomalies:\n  - name: a.b\n    workflow: w\n    params:\n", true),
             ("anomalies:\n  - {name: a.b}\n", false),
             ("anomalies:\n  - {name: a.b, workflow: w, cooldown: 5m}\n", false),
+            // Cases: one case as a name or a mapping, or a non-empty list of them.
+            ("reflexes: {a: [w, {workflow: w, cooldown: 5m}]}", true),
+            ("reflexes:\n  a:\n    - when: {details.percent: {gte: 95}, details.mount: {in: [/, /var]}}\n      workflow: w\n      cooldown: 10m\n      cooldown_key: \"{{details.mount}}\"\n    - workflow: w\n", true),
+            ("reflexes: {a: {workflow: w, when: {anomaly: a}, verify: 10m, escalate: w}}", true),
+            ("reflexes: {a: [w, [w]]}", false),
+            ("reflexes: {a: [{when: {anomaly: a}}]}", false),
+            ("reflexes: {a: [{workflow: w, later: 1}]}", false),
+            ("reflexes: {a: [5]}", false),
+            // `when`: a field to a value, or to operators.
+            ("reflexes: {a: {workflow: w, when: {details.n: 5, details.s: x, details.b: true, details.z: null}}}", true),
+            ("reflexes:\n  a:\n    workflow: w\n    when:\n      details.empty:\n", true),
+            ("reflexes:\n  a:\n    workflow: w\n    when:\n", true),
+            ("reflexes: {a: {workflow: w, when: {details.n: {gt: -1, gte: 0, lt: 9.5, lte: 9, eq: 1, ne: 2}}}}", true),
+            ("reflexes: {a: {workflow: w, when: {anomaly: {matches: 'a\\.[0-9]+', in: [a.1, 7, true, null]}}}}", true),
+            ("reflexes: {a: {workflow: w, when: {details.a.b.c: {exists: true}, details.d: {exists: false}}}}", true),
+            ("reflexes: {a: {workflow: w, when: {}}}", false),
+            ("reflexes: {a: {workflow: w, when: anomaly}}", false),
+            ("reflexes: {a: {workflow: w, when: {name: a}}}", false),
+            ("reflexes: {a: {workflow: w, when: {details: 1}}}", false),
+            ("reflexes: {a: {workflow: w, when: {details.: 1}}}", false),
+            ("reflexes: {a: {workflow: w, when: {details..x: 1}}}", false),
+            ("reflexes: {a: {workflow: w, when: {details.x.: 1}}}", false),
+            ("reflexes: {a: {workflow: w, when: {details.x: [1]}}}", false),
+            ("reflexes: {a: {workflow: w, when: {details.x: {}}}}", false),
+            ("reflexes: {a: {workflow: w, when: {details.x: {gtee: 5}}}}", false),
+            ("reflexes: {a: {workflow: w, when: {details.x: {gt: five}}}}", false),
+            ("reflexes: {a: {workflow: w, when: {details.x: {gt: \"5\"}}}}", false),
+            ("reflexes: {a: {workflow: w, when: {details.x: {eq: [1]}}}}", false),
+            ("reflexes: {a: {workflow: w, when: {details.x: {in: []}}}}", false),
+            ("reflexes: {a: {workflow: w, when: {details.x: {in: yes}}}}", false),
+            ("reflexes: {a: {workflow: w, when: {details.x: {in: [[1]]}}}}", false),
+            ("reflexes: {a: {workflow: w, when: {details.x: {matches: 5}}}}", true),
+            ("reflexes: {a: {workflow: w, when: {details.x: {matches: [a]}}}}", false),
+            ("reflexes: {a: {workflow: w, when: {details.x: {exists: maybe}}}}", false),
+            ("reflexes: {a: {workflow: w, when: {details.x: {exists: false, eq: 1}}}}", false),
+            // `cooldown_key`, `verify` and `escalate`.
+            ("reflexes: {a: {workflow: w, cooldown_key: \"{{anomaly}}-{{details.a.b}}-{{params.x}}\"}}", true),
+            ("reflexes: {a: {workflow: w, cooldown_key: \"{{action_id}}\"}}", false),
+            ("reflexes: {a: {workflow: w, cooldown_key: \"x-{{ action_id }}\"}}", false),
+            ("reflexes: {a: {workflow: w, cooldown_key: [x]}}", false),
+            ("reflexes: {a: {workflow: w, verify: 1h 30m}}", true),
+            ("reflexes: {a: {workflow: w, verify: 0s}}", false),
+            ("reflexes: {a: {workflow: w, verify: 0.0m}}", false),
+            ("reflexes: {a: {workflow: w, verify: 0}}", false),
+            ("reflexes: {a: {workflow: w, verify: 5}}", false),
+            ("reflexes: {a: {workflow: w, verify: soon}}", false),
+            ("reflexes: {a: {workflow: w, escalate: [w]}}", false),
+            // `limits.actions`.
+            ("limits: {actions: {max: 20, within: 1m}}\nreflexes: {a: w}\n", true),
+            ("limits: {actions: {max: 100000, within: 1h}}\nreflexes: {a: w}\n", true),
+            ("limits:\nreflexes: {a: w}\n", true),
+            ("limits: {actions: }\nreflexes: {a: w}\n", true),
+            ("limits: {actions: {max: 0, within: 1m}}\nreflexes: {a: w}\n", false),
+            ("limits: {actions: {max: 100001, within: 1m}}\nreflexes: {a: w}\n", false),
+            ("limits: {actions: {max: 5, within: 0s}}\nreflexes: {a: w}\n", false),
+            ("limits: {actions: {max: 5, within: 30}}\nreflexes: {a: w}\n", false),
+            ("limits: {actions: {max: 5}}\nreflexes: {a: w}\n", false),
+            ("limits: {actions: {max: 5, within: 1m, per: x}}\nreflexes: {a: w}\n", false),
+            ("limits: {actions: 5}\nreflexes: {a: w}\n", false),
+            ("limits: {budget: {max: 5, within: 1m}}\nreflexes: {a: w}\n", false),
         ];
         for (yaml, loads) in samples {
             let yaml = if yaml.contains("workflows:") || yaml.starts_with("anomalies") {
@@ -363,6 +424,7 @@ mod tests {
     #[test]
     fn the_duration_pattern_accepts_what_parse_duration_accepts() {
         let pattern = regex::Regex::new(DURATION_PATTERN).unwrap();
+        let zero = regex::Regex::new(ZERO_DURATION_PATTERN).unwrap();
         for text in [
             "0",
             "0s",
@@ -380,9 +442,22 @@ mod tests {
             " 5m ",
             "3M",
             "1y",
+            "00ms",
+            "0.0m",
+            "0h 0m",
+            "0.5s",
+            "0h 1m",
+            "10s",
         ] {
-            assert!(parse_duration(text).is_ok(), "{text}");
+            let parsed = parse_duration(text);
+            assert!(parsed.is_ok(), "{text}");
             assert!(pattern.is_match(text), "{text}");
+            // `verify` and `limits.actions.within` refuse a zero window.
+            assert_eq!(
+                zero.is_match(text),
+                parsed.is_ok_and(|d| d.is_zero()),
+                "zero: {text}"
+            );
         }
         for text in [
             "",
