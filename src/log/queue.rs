@@ -566,6 +566,19 @@ mod tests {
         written: Captured,
     }
 
+    impl Full {
+        /// A failing target, the switch that heals it, and what it holds once healed.
+        fn failing() -> (Full, Arc<std::sync::atomic::AtomicBool>, Captured) {
+            let healed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let written = Captured::default();
+            let full = Full {
+                healed: healed.clone(),
+                written: written.clone(),
+            };
+            (full, healed, written)
+        }
+    }
+
     impl Target for Full {
         fn append(&mut self, lines: &[u8]) -> io::Result<()> {
             if !self.healed.load(Ordering::SeqCst) {
@@ -581,12 +594,7 @@ mod tests {
     #[test]
     fn under_the_journal_every_stderr_line_starts_with_its_priority_and_no_audit_line_does() {
         let stderr = Captured::default();
-        let healed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let full = Full {
-            healed: healed.clone(),
-            written: Captured::default(),
-        };
-        let audited = full.written.clone();
+        let (full, healed, audited) = Full::failing();
         let (drain, guard) = start(Outputs {
             stderr: Some((stderr.clone(), slog::Level::Info)),
             audit: Some(Audit::new(full, Path::new("audit.log"))),
@@ -604,6 +612,11 @@ mod tests {
         healed.store(true, Ordering::SeqCst);
         slog::warn!(log, #"audit", "healing action suppressed");
         drop(guard);
+        // The recovery is the log thread's own record, about the write the flush waited for:
+        // it follows with the thread's next batch.
+        wait_until("the recovery on stderr", || {
+            stderr.text().contains("audit log recovered")
+        });
         let text = stderr.text();
         let mut messages = Vec::new();
         for line in text.lines() {
@@ -637,12 +650,7 @@ mod tests {
     #[test]
     fn a_failing_audit_log_is_reported_on_stderr_which_still_gets_every_record() {
         let stderr = Captured::default();
-        let healed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let full = Full {
-            healed: healed.clone(),
-            written: Captured::default(),
-        };
-        let written = full.written.clone();
+        let (full, healed, written) = Full::failing();
         let (drain, guard) = start_on(stderr.clone(), slog::Level::Info, Some(full));
         let log = slog::Logger::root(drain.fuse(), slog::o!());
         // Batches big enough to fill the queue: the log thread's own record must not wait for
