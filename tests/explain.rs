@@ -38,6 +38,17 @@ fn explain_json(map: &MapDir, args: &[&str]) -> (i32, Value) {
     (code, serde_json::from_str(&stdout).unwrap())
 }
 
+/// Asserts that each of `expected` is a whole line of `text`.
+fn assert_lines<S: AsRef<str>>(text: &str, expected: &[S]) {
+    for line in expected {
+        let line = line.as_ref();
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+}
+
 #[test]
 fn a_pattern_match_shows_why_the_rails_and_the_expanded_argv() {
     let map = MapDir::new(MAP);
@@ -48,7 +59,9 @@ fn a_pattern_match_shows_why_the_rails_and_the_expanded_argv() {
         .find_map(|line| line.strip_prefix("action_id"))
         .map(str::trim)
         .expect("an action_id line");
-    for expected in [
+    assert_lines(
+        &text,
+        &[
         "reflex      \"nginx.*.down\": a pattern, the first in file order that matches (no exact reflex names it)".to_string(),
         "            also matching, never reached: \"**.down\"".to_string(),
         "workflow    restart (exec)".to_string(),
@@ -57,9 +70,8 @@ fn a_pattern_match_shows_why_the_rails_and_the_expanded_argv() {
         "            max_concurrent 1: more runs in flight at once are suppressed (in_flight)".to_string(),
         "            breaker: 3 failures within 10m suspend the workflow for the rest of the window".to_string(),
         format!("would run   [\"systemctl\",\"restart\",\"nginx\",\"--reason=oom\",\"{action_id}\"]"),
-    ] {
-        assert!(text.lines().any(|l| l == expected), "missing {expected:?} in:\n{text}");
-    }
+        ],
+    );
 
     let (code, answer) = explain_json(&map, &["nginx.web2.down", "why=oom"]);
     assert_eq!(code, 0);
@@ -78,7 +90,13 @@ fn a_pattern_match_shows_why_the_rails_and_the_expanded_argv() {
     assert_eq!(
         answer["rails"],
         json!({"cooldown": "5m", "cooldown_key": "nginx.web2.down", "max_concurrent": 1,
-               "breaker": {"failures": 3, "within": "10m"}})
+               "breaker": {"failures": 3, "within": "10m"},
+               "verify": null, "escalate": null, "budget": null})
+    );
+    assert_eq!(
+        answer["tried"],
+        json!([{"reflex": "nginx.*.down", "case": null, "workflow": "restart", "when": null,
+                "held": true}])
     );
     assert_eq!(answer["shadowed"], json!(["**.down"]));
     assert!(answer.get("error").is_none(), "{answer}");
@@ -128,7 +146,7 @@ fn unmatched_and_invalid_maps_exit_1_and_usage_errors_exit_2() {
         answer,
         json!({"matched": false, "anomaly": "disk.root.full",
                "map": {"path": map.path().display().to_string(), "version": answer["map"]["version"]},
-               "reflex": null, "case": null, "workflow": null, "action": null})
+               "reflex": null, "case": null, "workflow": null, "action": null, "tried": []})
     );
     let (code, text, _) = explain(&map, &["disk.root.full"]);
     assert_eq!(code, 1);
@@ -219,4 +237,208 @@ fn the_shipped_map_explains() {
         stdout.contains("would POST  http://127.0.0.1:5678/webhook/coinbase-health"),
         "{stdout}"
     );
+}
+
+/// Cases (SPEC §9): on `disk.*.full` a cleanup for `/` and `/var` when nearly full, else a page
+/// for critical disks; the exact `disk.sdz.full` pages about `/boot` only, and falls through.
+const CASES: &str = "\
+limits:
+  actions: {max: 20, within: 1m}
+workflows:
+  clean_tmp:
+    exec: {command: [systemd-tmpfiles, --clean, \"--prefix={{details.mount}}\"], timeout: 1m}
+  restart_service:
+    exec: {command: [systemctl, restart, \"{{params.unit}}\"]}
+  page_oncall: {}
+reflexes:
+  disk.sdz.full:
+    - when: {details.mount: /boot}
+      workflow: page_oncall
+  \"disk.*.full\":
+    - when: {details.percent: {gte: 95}, details.mount: {in: [/, /var]}}
+      workflow: clean_tmp
+      cooldown: 10m
+      cooldown_key: \"{{details.mount}}\"
+    - when: {details.labels.severity: critical}
+      workflow: page_oncall
+      cooldown: 30m
+      cooldown_key: \"{{details.labels.team}}\"
+  \"nginx.*.down\":
+    workflow: restart_service
+    params: {unit: nginx}
+    verify: 10m
+    escalate: page_oncall
+";
+
+#[test]
+fn each_condition_of_the_cases_tried_is_shown_with_its_value_and_the_case_taken() {
+    let map = MapDir::new(CASES);
+    // The first case fails on `percent` (90 < 95) though its `mount` holds; the second holds
+    // on a nested field. `labels.team` is missing: the cooldown key expands to "".
+    let args = [
+        "disk.sda.full",
+        "percent=90",
+        "mount=/var",
+        r#"labels={"severity":"critical"}"#,
+    ];
+    let (code, answer) = explain_json(&map, &args);
+    assert_eq!(code, 0);
+    assert_eq!(answer["reflex"], "disk.*.full");
+    assert_eq!(answer["case"], 1, "the index of the case taken, from 0");
+    assert_eq!(answer["workflow"], "page_oncall");
+    assert_eq!(answer["action"], "log");
+    assert_eq!(
+        answer["tried"],
+        json!([
+            {"reflex": "disk.*.full", "case": 0, "workflow": "clean_tmp", "held": false, "when": [
+                {"field": "details.percent", "test": {"gte": 95}, "value": 90, "held": false},
+                {"field": "details.mount", "test": {"in": ["/", "/var"]}, "value": "/var", "held": true},
+            ]},
+            {"reflex": "disk.*.full", "case": 1, "workflow": "page_oncall", "held": true, "when": [
+                {"field": "details.labels.severity", "test": {"eq": "critical"}, "value": "critical", "held": true},
+            ]},
+        ])
+    );
+    assert_eq!(
+        answer["rails"],
+        json!({"cooldown": "30m", "cooldown_key": "", "cooldown_key_template": "{{details.labels.team}}",
+               "max_concurrent": null, "verify": null, "escalate": null,
+               "budget": {"max": 20, "within": "1m"}})
+    );
+
+    let (code, text, stderr) = explain(&map, &args);
+    assert_eq!(code, 0, "{stderr}");
+    let expected = [
+        "cases       \"disk.*.full\" case 1 (clean_tmp): not taken",
+        "              details.percent {\"gte\":95}: 90, fails",
+        "              details.mount {\"in\":[\"/\",\"/var\"]}: \"/var\", holds",
+        "            \"disk.*.full\" case 2 (page_oncall): taken",
+        "              details.labels.severity {\"eq\":\"critical\"}: \"critical\", holds",
+        "workflow    page_oncall (log)",
+        "rails       cooldown 30m per cooldown_key \"{{details.labels.team}}\": \"\" is held back that long after a dispatch",
+        "            budget: at most 20 exec and webhook actions within 1m, all workflows together (log-only actions, this one too, are free)",
+    ];
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines
+        .iter()
+        .position(|line| *line == expected[0])
+        .unwrap_or_else(|| panic!("no cases in:\n{text}"));
+    assert_eq!(&lines[at..at + expected.len()], expected, "{text}");
+
+    // The daemon takes the same case.
+    let daemon = Daemon::start(&map.path(), &[]);
+    let response = daemon.post_anomaly(&json!({"name": "disk.sda.full", "details":
+        {"percent": 90, "mount": "/var", "labels": {"severity": "critical"}}}));
+    assert_eq!(
+        response.json()["workflow"],
+        "page_oncall",
+        "{}",
+        response.body
+    );
+}
+
+#[test]
+fn a_case_that_holds_shows_its_expanded_cooldown_key_and_argv() {
+    let map = MapDir::new(CASES);
+    // The exact name's only case fails on a missing field, so the pattern's cases are tried.
+    let args = ["disk.sdz.full", "percent=97", "mount=/"];
+    let (code, answer) = explain_json(&map, &args);
+    assert_eq!(code, 0);
+    assert_eq!(
+        (&answer["reflex"], &answer["case"], &answer["match"]),
+        (&json!("disk.*.full"), &json!(0), &json!("pattern"))
+    );
+    let tried = answer["tried"].as_array().unwrap();
+    assert_eq!(tried.len(), 2);
+    assert_eq!(
+        tried[0],
+        json!({"reflex": "disk.sdz.full", "case": 0, "workflow": "page_oncall", "held": false,
+               "when": [{"field": "details.mount", "test": {"eq": "/boot"}, "value": "/", "held": false}]})
+    );
+    assert_eq!(tried[1]["held"], true);
+    assert_eq!(answer["rails"]["cooldown_key"], "/");
+    assert_eq!(answer["rails"]["cooldown"], "10m");
+    assert_eq!(
+        answer["argv"],
+        json!(["systemd-tmpfiles", "--clean", "--prefix=/"])
+    );
+    let (_, text, _) = explain(&map, &args);
+    assert_lines(
+        &text,
+        &[
+        "reflex      \"disk.*.full\": a pattern, the next in file order that matches: no case of \"disk.sdz.full\" holds",
+        "rails       cooldown 10m per cooldown_key \"{{details.mount}}\": \"/\" is held back that long after a dispatch",
+        ],
+    );
+}
+
+#[test]
+fn when_no_case_holds_each_failing_condition_says_why_and_missing_fields_show_as_missing() {
+    let map = MapDir::new(CASES);
+    let (code, answer) = explain_json(&map, &["disk.sdz.full", "percent=99"]);
+    assert_eq!(code, 1);
+    assert_eq!(answer["matched"], false);
+    assert_eq!(answer["case"], Value::Null);
+    let tried = answer["tried"].as_array().unwrap();
+    let verdicts: Vec<(&str, &Value, bool)> = tried
+        .iter()
+        .map(|t| {
+            (
+                t["reflex"].as_str().unwrap(),
+                &t["case"],
+                t["held"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("disk.sdz.full", &json!(0), false),
+            ("disk.*.full", &json!(0), false),
+            ("disk.*.full", &json!(1), false),
+        ]
+    );
+    // A missing field has no `value`, and holds nothing but `exists: false`.
+    let mount = &tried[1]["when"][1];
+    assert_eq!(
+        mount,
+        &json!({"field": "details.mount", "test": {"in": ["/", "/var"]}, "held": false})
+    );
+    assert_eq!(tried[1]["when"][0]["value"], 99);
+    assert_eq!(tried[1]["when"][0]["held"], true);
+
+    let (code, text, _) = explain(&map, &["disk.sdz.full", "percent=99"]);
+    assert_eq!(code, 1);
+    assert_lines(
+        &text,
+        &[
+        "              details.mount {\"in\":[\"/\",\"/var\"]}: missing, fails",
+        "              details.labels.severity {\"eq\":\"critical\"}: missing, fails",
+        "unmatched   no case holds: the daemon would answer {\"status\":\"unmatched\"} and log WARN `unmatched anomaly`",
+        ],
+    );
+}
+
+#[test]
+fn verify_escalate_and_the_budget_are_the_rails_shown() {
+    let map = MapDir::new(CASES);
+    let (code, answer) = explain_json(&map, &["nginx.web1.down"]);
+    assert_eq!(code, 0);
+    assert_eq!(answer["case"], Value::Null, "a reflex written as one case");
+    assert_eq!(
+        answer["rails"],
+        json!({"cooldown": "0s", "cooldown_key": "nginx.web1.down", "max_concurrent": 1,
+               "verify": "10m", "escalate": "page_oncall",
+               "budget": {"max": 20, "within": "1m"}})
+    );
+    let (_, text, _) = explain(&map, &["nginx.web1.down"]);
+    assert_lines(
+        &text,
+        &[
+        "            verify 10m: \"nginx.web1.down\" again within 10m of an ok finish means not healed (CRIT `healing action not healed`, a breaker failure)",
+        "            escalate page_oncall: dispatched once if the action fails, times out or is not healed, through page_oncall's own rails",
+        "            budget: at most 20 exec and webhook actions within 1m, all workflows together",
+        ],
+    );
+    assert!(!text.contains("cases "), "one case without `when`: {text}");
 }

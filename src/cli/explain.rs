@@ -1,10 +1,12 @@
 //! `autohealer explain NAME [KEY=VALUE]...` (SPEC §10): "what will this anomaly do?", answered
 //! offline against the map on disk, like `amtool config routes test`.
 //!
-//! It loads the map as the daemon does (`map::load`), matches with the daemon's own lookup,
-//! and builds what would run with the actions' own code (`actions::expand_argv`,
-//! `request_headers`, `request_body`), so the answer cannot drift from what a dispatch does.
-//! It shows the rails that would apply, not their state: that lives in the running daemon.
+//! It loads the map as the daemon does (`map::load`), selects the case with the daemon's own
+//! selection (`ReflexMap::select_observed`, which reports each case it tries; each condition is
+//! judged by `When::judge`, the code that decides it), and builds what would run with the
+//! actions' own code (`actions::expand_argv`, `request_headers`, `request_body`), so the answer
+//! cannot drift from what a dispatch does. It shows the rails that would apply, not their
+//! state: that lives in the running daemon.
 //!
 //! Exit status: 0 matched, 1 unmatched or the map is invalid, 2 usage (`main` maps `Verdict`).
 
@@ -17,12 +19,13 @@ use std::time::SystemTime;
 use indexmap::IndexMap;
 use serde::Serialize;
 use serde_json::value::RawValue;
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::ExplainArgs;
 use crate::actions::{self, ActionRun};
 use crate::anomaly::{validate_name, Details, JsonObject, Source};
-use crate::map::{self, Action, LoadedMap, Pattern, Reflex, Selected, Workflow};
+use crate::map::{self, Action, Budget, Judged, LoadedMap, Reflex, Selected, Tried, Workflow};
 
 /// How `explain` ended, for the exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,13 +83,29 @@ pub struct Explanation {
     pub map: MapInfo,
     /// The matching reflex's key as written (a name or a pattern).
     pub reflex: Option<String>,
-    /// The matching case of the reflex; `null` until reflexes have cases (SPEC §9).
-    pub case: Option<String>,
+    /// The case taken: its index among the reflex's cases, from 0; `null` when the reflex is
+    /// written as one case rather than a list.
+    pub case: Option<usize>,
     pub workflow: Option<String>,
     /// `log`, `exec` or `webhook`.
     pub action: Option<&'static str>,
+    /// Every case the daemon would try, in its order, up to the one taken: why it matched, or
+    /// why nothing did.
+    pub tried: Vec<TriedCase>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub detail: Option<MatchExplanation>,
+}
+
+/// One case tried, with each of its conditions judged for this anomaly.
+#[derive(Debug, Serialize)]
+pub struct TriedCase {
+    pub reflex: String,
+    /// As `Explanation::case`.
+    pub case: Option<usize>,
+    pub workflow: String,
+    /// `null`: the case has no `when` and always holds.
+    pub when: Option<Vec<Judged>>,
+    pub held: bool,
 }
 
 /// The map consulted.
@@ -122,12 +141,22 @@ pub struct MatchExplanation {
 pub struct RailsExplanation {
     /// How long the same key is held back after a dispatch (`0s`: no cooldown).
     pub cooldown: String,
-    /// What the cooldown is kept per: the anomaly name.
+    /// What the cooldown and `verify` count by for this anomaly: the anomaly name, or the
+    /// case's `cooldown_key` expanded.
     pub cooldown_key: String,
+    /// The case's `cooldown_key` as written; left out when it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cooldown_key_template: Option<String>,
     /// Runs of the workflow in flight at once; `null` for log-only workflows, never held back.
     pub max_concurrent: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub breaker: Option<BreakerExplanation>,
+    /// The verification window after an `ok` finish; `null` without `verify`.
+    pub verify: Option<String>,
+    /// The workflow dispatched once when the action fails, times out or is not healed.
+    pub escalate: Option<String>,
+    /// The map's `limits.actions`, which exec and webhook actions count against.
+    pub budget: Option<Budget>,
 }
 
 /// A workflow's circuit breaker.
@@ -167,9 +196,27 @@ pub fn explain(path: &Path, loaded: &LoadedMap, anomaly: &str, details: JsonObje
         version: loaded.version.to_string(),
     };
     let details = Details::from_object(details);
-    // The daemon's own selection: exact name first, then the patterns in file order, the
-    // first case whose `when` holds.
-    let Some(selected) = loaded.map.select(anomaly, &details) else {
+    // The daemon's own selection: the exact name's cases, then each matching pattern's in file
+    // order; the first case whose `when` holds.
+    let mut trail: Vec<Tried<'_>> = Vec::new();
+    let selected = loaded
+        .map
+        .select_observed(anomaly, &details, |tried| trail.push(tried));
+    let tried = trail
+        .iter()
+        .map(|tried| TriedCase {
+            reflex: tried.reflex.key.to_string(),
+            case: shown_index(tried.reflex, tried.index),
+            workflow: tried.case.workflow.clone(),
+            when: tried
+                .case
+                .when
+                .as_ref()
+                .map(|when| when.judge(anomaly, &details)),
+            held: tried.held,
+        })
+        .collect();
+    let Some(selected) = selected else {
         return Explanation {
             matched: false,
             anomaly: anomaly.to_string(),
@@ -178,6 +225,7 @@ pub fn explain(path: &Path, loaded: &LoadedMap, anomaly: &str, details: JsonObje
             case: None,
             workflow: None,
             action: None,
+            tried,
             detail: None,
         };
     };
@@ -198,15 +246,20 @@ pub fn explain(path: &Path, loaded: &LoadedMap, anomaly: &str, details: JsonObje
         anomaly: anomaly.to_string(),
         map: map_info,
         reflex: Some(selected.reflex.key.to_string()),
-        case: None,
+        case: shown_index(selected.reflex, selected.index),
         workflow: Some(selected.workflow.name.to_string()),
         action: Some(selected.workflow.action.kind()),
+        tried,
         detail: Some(explain_match(&loaded.map, selected, &run)),
     }
 }
 
-/// The explanation of one matched reflex, for the run a dispatch would start. The seam for
-/// cases: when a reflex chooses among cases, the case is picked here and named in the answer.
+/// A case's index as `explain` shows it: `None` for a reflex written as one case.
+fn shown_index(reflex: &Reflex, index: usize) -> Option<usize> {
+    reflex.listed.then_some(index)
+}
+
+/// The explanation of the case selected, for the run a dispatch would start.
 pub fn explain_match(
     map: &map::ReflexMap,
     selected: Selected<'_>,
@@ -225,13 +278,20 @@ pub fn explain_match(
         params: case.params.clone(),
         rails: RailsExplanation {
             cooldown: humantime::format_duration(case.cooldown).to_string(),
+            // The key the rails would count by: `Case::key_for`, as a dispatch computes it.
             cooldown_key: case.key_for(&run.anomaly, &run.details).into_owned(),
+            cooldown_key_template: case.cooldown_key.as_ref().map(ToString::to_string),
             max_concurrent: (!matches!(workflow.action, Action::Log))
                 .then_some(workflow.max_concurrent),
             breaker: workflow.breaker.map(|b| BreakerExplanation {
                 failures: b.failures,
                 within: humantime::format_duration(b.within).to_string(),
             }),
+            verify: case
+                .verify
+                .map(|window| humantime::format_duration(window).to_string()),
+            escalate: map.escalation(case).map(|w| w.name.to_string()),
+            budget: map.limits.actions,
         },
         action_id: run.action_id,
         run: run_explanation,
@@ -239,16 +299,14 @@ pub fn explain_match(
     }
 }
 
-/// The patterns after `reflex` in file order (all of them, for an exact reflex) that match
-/// `anomaly` too: an edit that reorders or removes a reflex may hand the name to one of them.
+/// The reflexes after `reflex` in matching order (every pattern, for an exact reflex) that
+/// match `anomaly` too: an edit that reorders or removes a reflex, or a `when` that stops
+/// holding, may hand the name to one of them.
 fn shadowed(map: &map::ReflexMap, reflex: &Reflex, anomaly: &str) -> Vec<String> {
-    let position = map.reflexes.iter().position(|r| std::ptr::eq(r, reflex));
-    map.reflexes
-        .iter()
-        .enumerate()
-        .filter(|(i, r)| r.is_pattern && (!reflex.is_pattern || Some(*i) > position))
-        .filter(|(_, r)| Pattern::parse(&r.key).is_ok_and(|p| p.matches(anomaly)))
-        .map(|(_, r)| r.key.to_string())
+    map.candidates(anomaly)
+        .skip_while(|candidate| !std::ptr::eq(*candidate, reflex))
+        .skip(1)
+        .map(|candidate| candidate.key.to_string())
         .collect()
 }
 
@@ -306,14 +364,32 @@ impl Explanation {
         let (Some(detail), Some(reflex), Some(workflow), Some(action)) =
             (&self.detail, &self.reflex, &self.workflow, self.action)
         else {
+            self.cases_text(&mut line);
+            let why = if self.tried.is_empty() {
+                "no reflex matches"
+            } else {
+                "no case holds"
+            };
             line(
                 "unmatched",
-                "no reflex matches: the daemon would answer {\"status\":\"unmatched\"} and log WARN `unmatched anomaly`",
+                &format!("{why}: the daemon would answer {{\"status\":\"unmatched\"}} and log WARN `unmatched anomaly`"),
             );
             return out;
         };
+        // The reflexes whose cases were all tried and failed before this one.
+        let mut passed: Vec<String> = Vec::new();
+        for tried in self.tried.iter().filter(|t| &t.reflex != reflex) {
+            let key = format!("{:?}", tried.reflex);
+            if !passed.contains(&key) {
+                passed.push(key);
+            }
+        }
         let why = match detail.kind {
             "exact" => "an exact name, which wins over every pattern".to_string(),
+            _ if !passed.is_empty() => format!(
+                "a pattern, the next in file order that matches: no case of {} holds",
+                passed.join(", ")
+            ),
             _ => "a pattern, the first in file order that matches (no exact reflex names it)"
                 .to_string(),
         };
@@ -325,9 +401,7 @@ impl Explanation {
                 &format!("also matching, never reached: {}", names.join(", ")),
             );
         }
-        if let Some(case) = &self.case {
-            line("case", case);
-        }
+        self.cases_text(&mut line);
         line("workflow", &format!("{workflow} ({action})"));
         if !detail.params.is_empty() {
             line(
@@ -336,13 +410,17 @@ impl Explanation {
             );
         }
         let rails = &detail.rails;
+        let per = match &rails.cooldown_key_template {
+            Some(template) => format!("per cooldown_key {template:?}"),
+            None => "per anomaly name".to_string(),
+        };
         if rails.cooldown == "0s" {
             line("rails", "no cooldown");
         } else {
             line(
                 "rails",
                 &format!(
-                    "cooldown {} per anomaly name: {:?} is held back that long after a dispatch",
+                    "cooldown {} {per}: {:?} is held back that long after a dispatch",
                     rails.cooldown, rails.cooldown_key
                 ),
             );
@@ -361,6 +439,36 @@ impl Explanation {
                 &format!(
                     "breaker: {} failures within {} suspend the workflow for the rest of the window",
                     breaker.failures, breaker.within
+                ),
+            );
+        }
+        if let Some(verify) = &rails.verify {
+            line(
+                "",
+                &format!(
+                    "verify {verify}: {:?} again within {verify} of an ok finish means not healed (CRIT `healing action not healed`, a breaker failure)",
+                    rails.cooldown_key
+                ),
+            );
+        }
+        if let Some(escalate) = &rails.escalate {
+            line(
+                "",
+                &format!("escalate {escalate}: dispatched once if the action fails, times out or is not healed, through {escalate}'s own rails"),
+            );
+        }
+        if let Some(budget) = &rails.budget {
+            let free = if action == "log" {
+                " (log-only actions, this one too, are free)"
+            } else {
+                ""
+            };
+            line(
+                "",
+                &format!(
+                    "budget: at most {} exec and webhook actions within {}, all workflows together{free}",
+                    budget.max,
+                    humantime::format_duration(budget.within)
                 ),
             );
         }
@@ -403,5 +511,44 @@ impl Explanation {
             line("would fail", &format!("{error}; nothing would run"));
         }
         out
+    }
+
+    /// The cases tried, each with its conditions judged: shown when there was a choice (a
+    /// list of cases, or a `when`).
+    fn cases_text(&self, line: &mut impl FnMut(&str, &str)) {
+        if !self
+            .tried
+            .iter()
+            .any(|tried| tried.case.is_some() || tried.when.is_some())
+        {
+            return;
+        }
+        for (number, tried) in self.tried.iter().enumerate() {
+            let name = match tried.case {
+                // Counted from 1, as `check` names cases.
+                Some(index) => format!("{:?} case {}", tried.reflex, index + 1),
+                None => format!("{:?}", tried.reflex),
+            };
+            let verdict = match (tried.held, &tried.when) {
+                (true, None) => "taken (no `when`: always holds)",
+                (true, Some(_)) => "taken",
+                (false, _) => "not taken",
+            };
+            line(
+                if number == 0 { "cases" } else { "" },
+                &format!("{name} ({}): {verdict}", tried.workflow),
+            );
+            for judged in tried.when.iter().flatten() {
+                let value = judged
+                    .value
+                    .as_ref()
+                    .map_or_else(|| "missing".to_string(), Value::to_string);
+                let held = if judged.held { "holds" } else { "fails" };
+                line(
+                    "",
+                    &format!("  {} {}: {value}, {held}", judged.field, judged.test),
+                );
+            }
+        }
     }
 }

@@ -86,12 +86,6 @@ impl Pattern {
         &self.source
     }
 
-    /// Whether this pattern alone matches all of `name`: for `autohealer explain`, which
-    /// names the later patterns a match shadows (dispatch goes through `Matcher::find`).
-    pub fn matches(&self, name: &str) -> bool {
-        tokens_match(&self.tokens, name)
-    }
-
     /// The pattern as a regex anchored at both ends: for the patterns the head index does not
     /// take.
     fn regex(&self) -> String {
@@ -478,28 +472,6 @@ mod tests {
         assert_eq!(m.find("nginx..down"), Some(0));
         assert_eq!(m.find("nginx.web1.eu.down"), None);
         assert_eq!(m.find("nginx.web1.down.now"), None);
-    }
-
-    #[test]
-    fn a_pattern_alone_matches_as_the_matcher_does() {
-        for pattern in ["nginx.*.down", "disk.**", "**.down", "a?c.*", "x.**.y"] {
-            let m = matcher(&[], &[pattern]);
-            let parsed = Pattern::parse(pattern).unwrap();
-            for name in [
-                "nginx.web1.down",
-                "disk.root.full",
-                "abc.d",
-                "x.y",
-                "x.a.b.y",
-                "a.down",
-            ] {
-                assert_eq!(
-                    parsed.matches(name),
-                    m.find(name).is_some(),
-                    "{pattern} {name}"
-                );
-            }
-        }
     }
 
     #[test]
