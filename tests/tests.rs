@@ -6,6 +6,7 @@ mod actions;
 mod alertmanager;
 mod alertmanager_real;
 mod cli;
+mod hostile_maps;
 mod http_api;
 mod log_records;
 mod metrics;

@@ -1,0 +1,59 @@
+//! Hostile or broken maps (SPEC §8): what the daemon and `check` do with a map path that is no
+//! regular file, a huge file, an alias bomb or a map full of errors. Each is refused with a clear
+//! error, and the daemon keeps serving the map in force.
+
+use nix::sys::signal::Signal;
+
+use crate::util::{Daemon, MapDir};
+
+const MAP: &str = "workflows:\n  one: {}\nreflexes:\n  probe: one\n";
+
+#[test]
+fn a_fifo_or_device_swapped_in_is_rejected_and_the_daemon_still_stops() {
+    let map = MapDir::new(MAP);
+    let mut daemon = Daemon::start(&map.path(), &[]);
+    let version = daemon.get("/reflexes").json()["version"].clone();
+
+    // A FIFO renamed over the map: opening it for reading would wait for a writer forever.
+    let fifo = map.file("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    std::fs::rename(&fifo, map.path()).unwrap();
+    let rejected = daemon.wait_for_record("reflex map rejected", |r| {
+        r["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("it is a FIFO (named pipe), not a regular file"))
+    });
+    assert_eq!(rejected["kept_version"], version);
+    let response = daemon.request("POST", "/-/reload", &[], b"");
+    assert_eq!(response.status, 500, "{}", response.body);
+    let body = response.json();
+    assert_eq!(
+        body["error"],
+        format!(
+            "{}: cannot read the reflex map: it is a FIFO (named pipe), not a regular file",
+            map.path().display()
+        )
+    );
+    assert_eq!(body["kept_version"], version);
+    assert_eq!(daemon.workflow_for("probe").as_deref(), Some("one"));
+
+    // A symlink swapped onto a device, which would be read forever.
+    let link = map.file("link");
+    std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+    std::fs::rename(&link, map.path()).unwrap();
+    let response = daemon.request("POST", "/-/reload", &[], b"");
+    assert_eq!(response.status, 500, "{}", response.body);
+    assert!(
+        response.json()["error"]
+            .as_str()
+            .unwrap()
+            .ends_with("it is a character device, not a regular file"),
+        "{}",
+        response.body
+    );
+    assert_eq!(daemon.workflow_for("probe").as_deref(), Some("one"));
+
+    // The reload thread is free, so SIGTERM still stops the daemon cleanly.
+    daemon.signal(Signal::SIGTERM);
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+}
