@@ -4,7 +4,7 @@
 
 use nix::sys::signal::Signal;
 
-use crate::util::{Daemon, MapDir};
+use crate::util::{run_cli, Daemon, MapDir};
 
 const MAP: &str = "workflows:\n  one: {}\nreflexes:\n  probe: one\n";
 
@@ -56,4 +56,24 @@ fn a_fifo_or_device_swapped_in_is_rejected_and_the_daemon_still_stops() {
     // The reload thread is free, so SIGTERM still stops the daemon cleanly.
     daemon.signal(Signal::SIGTERM);
     assert_eq!(daemon.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn a_map_over_32_mib_is_refused_before_parsing() {
+    let map = MapDir::new(MAP);
+    // Sparse: the size is what counts.
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(map.path())
+        .unwrap();
+    file.set_len(32 * 1024 * 1024 + 1).unwrap();
+    let path = map.path().display().to_string();
+    let (code, stdout, stderr) = run_cli(&["check", &path]);
+    assert_eq!(code, 1, "{stdout}");
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "{path}: cannot read the reflex map: it is larger than the limit of 32 MiB (33554432 bytes)"
+        )
+    );
 }

@@ -14,6 +14,10 @@ use sha2::{Digest, Sha256};
 
 use super::{compile, Action, ConfigError, ConfigErrors, ReflexMap};
 
+/// The largest map read (SPEC §8): 32 MiB, eight times a map of 100,000 reflexes; anything larger
+/// is refused before parsing.
+const MAX_MAP_BYTES: u64 = 32 * 1024 * 1024;
+
 /// Characters of the hex digest shown as a map's `version`.
 const VERSION_HEX_CHARS: usize = 12;
 
@@ -89,7 +93,7 @@ pub struct MapFile {
 }
 
 impl MapFile {
-    /// Reads the file at `path`: a regular file, or a symlink to one.
+    /// Reads the file at `path`: a regular file (or a symlink to one) of at most `MAX_MAP_BYTES`.
     ///
     /// Anything else is refused without blocking: a FIFO would hold the reload thread until a
     /// writer came, and a device such as `/dev/zero` would be read forever.
@@ -112,8 +116,15 @@ impl MapFile {
                     format!("it is {}, not a regular file", kind_of(&kind)),
                 ));
             }
-            let mut bytes = Vec::new();
-            (&file).read_to_end(&mut bytes)?;
+            if meta.len() > MAX_MAP_BYTES {
+                return Err(too_large());
+            }
+            // The size can change after fstat: read one byte past the limit to know.
+            let mut bytes = Vec::with_capacity(meta.len() as usize);
+            file.take(MAX_MAP_BYTES + 1).read_to_end(&mut bytes)?;
+            if bytes.len() as u64 > MAX_MAP_BYTES {
+                return Err(too_large());
+            }
             let digest = Sha256::digest(&bytes).into();
             Ok(MapFile {
                 bytes,
@@ -241,6 +252,16 @@ fn explain_open_error(path: &Path, err: std::io::Error) -> std::io::Error {
         ),
         _ => err,
     }
+}
+
+fn too_large() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!(
+            "it is larger than the limit of {} MiB ({MAX_MAP_BYTES} bytes)",
+            MAX_MAP_BYTES / (1024 * 1024)
+        ),
+    )
 }
 
 fn version_of(digest: &[u8; 32]) -> Arc<str> {
@@ -377,5 +398,26 @@ mod tests {
         std::os::unix::fs::symlink("target.yml", &path).unwrap();
         let file = read_within_deadline(&path).unwrap();
         assert_eq!(file.bytes, b"reflexes: {}\n");
+    }
+
+    #[test]
+    fn files_over_the_limit_are_refused_before_parsing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("map.yml");
+        // Sparse files: the size is what counts, and a test need not write 32 MiB.
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(MAX_MAP_BYTES).unwrap();
+        assert_eq!(
+            read_within_deadline(&path).unwrap().bytes.len() as u64,
+            MAX_MAP_BYTES
+        );
+        file.set_len(MAX_MAP_BYTES + 1).unwrap();
+        assert_eq!(
+            read_error(&path),
+            format!(
+                "{}: cannot read the reflex map: it is larger than the limit of 32 MiB (33554432 bytes)",
+                path.display()
+            )
+        );
     }
 }
