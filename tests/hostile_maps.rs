@@ -77,3 +77,27 @@ fn a_map_over_32_mib_is_refused_before_parsing() {
         )
     );
 }
+
+#[test]
+fn check_refuses_an_alias_bomb_without_expanding_it() {
+    // 12 KB of text whose aliases would expand to 3 million nodes in a reflex's params.
+    let mut bomb = String::from(MAP);
+    bomb.push_str("  bomb:\n    workflow: one\n    params:\n      big: &big [");
+    bomb.push_str(&vec!["lol"; 3_000].join(", "));
+    bomb.push_str("]\n      copies: [");
+    bomb.push_str(&vec!["*big"; 1_000].join(", "));
+    bomb.push_str("]\n");
+    let map = MapDir::new(&bomb);
+    let path = map.path().display().to_string();
+    let (code, stdout, stderr) = run_cli(&["check", &path]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stderr.starts_with(&format!("{path}:8:")),
+        "the error has a position: {stderr}"
+    );
+    assert!(
+        stderr.contains(": reflexes.bomb.params.copies[")
+            && stderr.contains("]: alias expansion limit: anchors and aliases expand the map"),
+        "{stderr}"
+    );
+}

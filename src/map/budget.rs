@@ -29,6 +29,13 @@ pub fn from_str<'de, T: Deserialize<'de>>(source: &'de str) -> Result<T, serde_y
     let limit = (source.len() as u64)
         .saturating_mul(UNITS_PER_BYTE)
         .saturating_add(ALIAS_ALLOWANCE);
+    from_str_within(source, limit)
+}
+
+fn from_str_within<'de, T: Deserialize<'de>>(
+    source: &'de str,
+    limit: u64,
+) -> Result<T, serde_yaml::Error> {
     let budget = Budget {
         left: Cell::new(limit),
         limit,
@@ -424,5 +431,95 @@ impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for Counting<'_, A> {
             budget: self.budget,
         };
         self.inner.struct_variant(fields, visitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Write as _;
+
+    use super::*;
+
+    /// A list of `width` scalars anchored once, then aliased `aliases` times: small text, a
+    /// document of `width * aliases` nodes.
+    fn flat_bomb(width: usize, aliases: usize) -> String {
+        let mut text = String::from("big: &b [");
+        text.push_str(&vec!["x"; width].join(", "));
+        text.push_str("]\ncopies: [");
+        text.push_str(&vec!["*b"; aliases].join(", "));
+        text.push_str("]\n");
+        text
+    }
+
+    /// The billion laughs: each level aliases the one before it `width` times.
+    fn laughs(levels: usize, width: usize) -> String {
+        let mut text = format!("l0: &l0 [{}]\n", vec!["lol"; width].join(", "));
+        for level in 1..levels {
+            let items = vec![format!("*l{}", level - 1); width].join(", ");
+            let _ = writeln!(text, "l{level}: &l{level} [{items}]");
+        }
+        text
+    }
+
+    fn expansion_error(text: &str) -> serde_yaml::Error {
+        from_str::<serde_json::Value>(text).expect_err("the bomb was expanded")
+    }
+
+    #[test]
+    fn a_flat_alias_bomb_is_refused_with_a_position() {
+        // 7 KB of text that would expand to 2 million nodes.
+        let err = expansion_error(&flat_bomb(2_000, 1_000));
+        let message = err.to_string();
+        // The path names the alias being expanded; the position is in the anchored node.
+        assert!(message.starts_with("copies["), "{message}");
+        assert!(
+            message.contains(
+                "alias expansion limit: anchors and aliases expand the map beyond 1088648 nodes \
+                 and bytes (four times the file's size plus 1048576); is it an alias bomb?"
+            ),
+            "{message}"
+        );
+        assert_eq!(err.location().expect("a position").line(), 1);
+    }
+
+    #[test]
+    fn nested_aliases_are_refused() {
+        // serde_yaml's own limit (each alias followed at most 100 times per event of the text)
+        // lets these expand to 100,000 times their size; the budget stops them first.
+        let message = expansion_error(&laughs(4, 100)).to_string();
+        assert!(message.contains("alias expansion limit"), "{message}");
+    }
+
+    #[test]
+    fn anchors_within_the_allowance_are_expanded() {
+        let value: serde_json::Value =
+            from_str("base: &b {unit: nginx, tries: 3}\nweb: *b\napi: *b\nname: &n x\nalso: *n\n")
+                .unwrap();
+        assert_eq!(value["api"]["unit"], "nginx");
+        assert_eq!(value["also"], "x");
+        // A bomb small enough to fit the allowance is just a document.
+        let value: serde_json::Value = from_str(&flat_bomb(1_000, 100)).unwrap();
+        assert_eq!(value["copies"].as_array().unwrap().len(), 100);
+    }
+
+    #[test]
+    fn documents_without_aliases_fit_in_their_text_alone() {
+        // The densest texts there are: more than a node per byte, or all scalar bytes. Each fits
+        // in `UNITS_PER_BYTE` units per byte, without the allowance.
+        let dense = [
+            format!("[{}]", "[],".repeat(10_000)),
+            format!("{{{}}}", "k,".repeat(10_000)),
+            format!("[{}]", "{k},".repeat(10_000)),
+            format!("[{}]", "a: ,".repeat(10_000)),
+            "-\n".repeat(10_000),
+            format!("[{}]", "\"\",".repeat(10_000)),
+            format!("x: {}", "y".repeat(100_000)),
+        ];
+        for text in dense {
+            let limit = text.len() as u64 * UNITS_PER_BYTE;
+            if let Err(err) = from_str_within::<serde_json::Value>(&text, limit) {
+                panic!("{}…: {err}", &text[..20]);
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use indexmap::IndexMap;
 
+use super::budget;
 use super::schema::{RawFile, ReflexKey};
 use super::{Action, ConfigError, ConfigErrors, Matcher, Reflex, ReflexMap, Workflow};
 use crate::anomaly::JsonObject;
@@ -26,7 +27,7 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
             "the file is empty: it needs a `reflexes:` section (or the original format's `anomalies:` list)".into(),
         )]));
     }
-    let raw: RawFile = serde_yaml::from_str(source).map_err(|err| {
+    let raw: RawFile = budget::from_str(source).map_err(|err| {
         let position = err.location().map_or((1, 1), |l| (l.line(), l.column()));
         ConfigErrors(vec![error_at(position, yaml_message(&err))])
     })?;
@@ -181,6 +182,13 @@ enum Section {
 /// serde_yaml's message without its trailing ` at line L column C`, which we print up front.
 fn yaml_message(err: &serde_yaml::Error) -> String {
     let text = err.to_string();
+    if text == "repetition limit exceeded" {
+        // serde_yaml's own bound on following aliases (100 per event of the text), met before
+        // the budget by deep chains of small anchors; it has no position to give.
+        return "alias expansion limit: aliases are followed more than 100 times per node of \
+                the text; is it an alias bomb?"
+            .into();
+    }
     match text.find(" at line ") {
         Some(cut) if err.location().is_some() => text[..cut].to_string(),
         _ => text,
@@ -451,6 +459,36 @@ reflexes:
         assert_eq!(
             errors_of("   \n"),
             "map.yml:1:1: the file is empty: it needs a `reflexes:` section (or the original format's `anomalies:` list)"
+        );
+    }
+
+    #[test]
+    fn alias_bombs_are_refused_not_expanded() {
+        // A list of 2,000 names aliased 1,000 times in a reflex's params: 2 million nodes.
+        let mut bomb = String::from(
+            "workflows:\n  w: {}\nreflexes:\n  a:\n    workflow: w\n    params:\n      big: &b [",
+        );
+        bomb.push_str(&vec!["x"; 2_000].join(", "));
+        bomb.push_str("]\n      copies: [");
+        bomb.push_str(&vec!["*b"; 1_000].join(", "));
+        bomb.push_str("]\n");
+        let errors = errors_of(&bomb);
+        assert!(
+            errors.starts_with("map.yml:7:") && errors.contains(": reflexes.a.params.copies["),
+            "{errors}"
+        );
+        assert!(errors.contains("]: alias expansion limit: "), "{errors}");
+
+        // Nine levels of ten aliases each: serde_yaml's own limit stops these first.
+        let mut laughs = String::from("workflows:\n  w: {}\nreflexes:\n  a:\n    workflow: w\n    params:\n      l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for level in 1..9 {
+            let items = vec![format!("*l{}", level - 1); 10].join(", ");
+            laughs.push_str(&format!("      l{level}: &l{level} [{items}]\n"));
+        }
+        assert_eq!(
+            errors_of(&laughs),
+            "map.yml:1:1: alias expansion limit: aliases are followed more than 100 times per \
+             node of the text; is it an alias bomb?"
         );
     }
 

@@ -1,6 +1,7 @@
 //! The reflex map (SPEC §3): `reflex_map.yml` from its bytes to the `ReflexMap` every dispatch
 //! reads, and the handle that holds the generation in force.
 //!
+//! - `budget`: the alias expansion limit every parse runs under;
 //! - `schema`: the raw serde types, with every check on a single value (so serde_yaml attaches
 //!   the line and column);
 //! - `compile`: whole-file checks and the compiled `ReflexMap`;
@@ -11,6 +12,7 @@
 //! The map knows no HTTP, no watcher and no log: `reload` decides when to load, and `dispatch`
 //! reads the handle.
 
+mod budget;
 mod compile;
 mod load;
 mod matcher;
