@@ -101,3 +101,24 @@ fn check_refuses_an_alias_bomb_without_expanding_it() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_lists_a_hundred_errors_then_counts_the_rest() {
+    let mut content = String::from(MAP);
+    for i in 0..1_000 {
+        content.push_str(&format!("  broken.r{i}: missing\n"));
+    }
+    let map = MapDir::new(&content);
+    let path = map.path().display().to_string();
+    let (code, stdout, stderr) = run_cli(&["check", &path]);
+    assert_eq!(code, 1, "{stdout}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 101, "{stderr}");
+    assert_eq!(
+        lines[0],
+        format!(
+            "{path}:5:3: reflex `broken.r0` names workflow `missing`, which is not declared under `workflows:`"
+        )
+    );
+    assert_eq!(lines[100], "… and 900 more errors");
+}

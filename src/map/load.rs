@@ -172,12 +172,12 @@ impl MapFile {
 
     fn parse(&self, path: &Path) -> Result<ReflexMap, LoadError> {
         let source = std::str::from_utf8(&self.bytes).map_err(|err| {
-            LoadError::Invalid(ConfigErrors(vec![ConfigError {
+            LoadError::Invalid(ConfigErrors::one(ConfigError {
                 path: path.to_path_buf(),
                 line: 1,
                 column: 1,
                 message: format!("the file is not valid UTF-8 ({err})"),
-            }]))
+            }))
         })?;
         compile(path, source).map_err(LoadError::Invalid)
     }
