@@ -594,6 +594,42 @@ reflexes:
     }
 
     #[test]
+    fn retries_and_timeouts_are_bounded() {
+        assert_eq!(
+            errors_of("workflows:\n  a:\n    webhook: {url: http://h/, retries: 1000000}\n"),
+            "map.yml:3:14: workflows.a.webhook: `retries` is 1000000: give at most 10"
+        );
+        assert_eq!(
+            errors_of("workflows:\n  a:\n    webhook:\n      url: http://h/\n      retries: 11\n"),
+            "map.yml:4:7: workflows.a.webhook: `retries` is 11: give at most 10"
+        );
+        assert_eq!(
+            errors_of("workflows:\n  a:\n    exec: {command: [true], timeout: 0s}\n"),
+            "map.yml:3:11: workflows.a.exec: timeout `0s` is shorter than 10ms: give one from 10ms to 1h"
+        );
+        assert_eq!(
+            errors_of("workflows:\n  a:\n    webhook: {url: http://h/, timeout: 9ms}\n"),
+            "map.yml:3:14: workflows.a.webhook: timeout `9ms` is shorter than 10ms: give one from 10ms to 1h"
+        );
+        assert_eq!(
+            errors_of("workflows:\n  a:\n    exec: {command: [true], timeout: 61m}\n"),
+            "map.yml:3:11: workflows.a.exec: timeout `61m` is longer than 1h: give one from 10ms to 1h"
+        );
+        let map = compile_str(
+            "workflows:\n  a:\n    exec: {command: [true], timeout: 1h}\n  b:\n    webhook: {url: http://h/, timeout: 10ms, retries: 10}\n",
+        )
+        .unwrap();
+        match (&map.workflows["a"].action, &map.workflows["b"].action) {
+            (Action::Exec(exec), Action::Webhook(hook)) => {
+                assert_eq!(exec.timeout, Duration::from_secs(3600));
+                assert_eq!(hook.timeout, Duration::from_millis(10));
+                assert_eq!(hook.retries, 10);
+            }
+            other => panic!("unexpected actions {other:?}"),
+        }
+    }
+
+    #[test]
     fn bad_yaml_is_an_error_with_a_position() {
         assert_eq!(
             errors_of("reflexes:\n  a: b\n   c: d\n"),
