@@ -9,6 +9,7 @@ mod autonomy;
 mod cli;
 mod exec_hardening;
 mod fault_injection;
+mod hostile_maps;
 mod http_api;
 mod log_faults;
 mod log_records;
