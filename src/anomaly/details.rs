@@ -33,6 +33,20 @@ impl Details {
         if !text.starts_with('{') {
             return Err("`details` must be a JSON object");
         }
+        // A number beyond an f64 (`1e400`) is valid JSON the parser passes over here but cannot
+        // read later: the parsed object would silently lack what the text shows (found by the
+        // anomaly_body fuzz target). The rare text that may hold one is parsed now to tell.
+        if may_hold_huge_number(text.as_bytes()) {
+            let object: JsonObject = serde_json::from_str(text)
+                .map_err(|_| "`details` holds a number beyond the range of a double, like 1e400")?;
+            if memchr::memchr2(b'\n', b'\r', text.as_bytes()).is_some() {
+                return Ok(Details::from_object(object));
+            }
+            return Ok(Details {
+                text: value.to_owned(),
+                parsed: OnceLock::from(object),
+            });
+        }
         // Whitespace between tokens may hold line breaks, which a one-line record cannot;
         // strings cannot (JSON escapes them). Such a body is rewritten without them.
         if memchr::memchr2(b'\n', b'\r', text.as_bytes()).is_some() {
@@ -65,6 +79,40 @@ impl Details {
     pub fn as_json(&self) -> &str {
         self.text.get()
     }
+}
+
+/// True when the JSON `text` may hold a number an f64 cannot: one with an exponent, or a run of
+/// more digits than an f64's largest integer has. Strings are skipped; `true` and `false` are not
+/// exponents, since a JSON exponent always follows a digit.
+fn may_hold_huge_number(text: &[u8]) -> bool {
+    /// Digits of f64::MAX, below which a run of digits always fits.
+    const F64_MAX_DIGITS: usize = 309;
+    let (mut in_string, mut escaped, mut digits) = (false, false, 0usize);
+    for &byte in text {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'0'..=b'9' => {
+                digits += 1;
+                if digits >= F64_MAX_DIGITS {
+                    return true;
+                }
+                continue;
+            }
+            b'e' | b'E' if digits > 0 => return true,
+            b'"' => in_string = true,
+            _ => {}
+        }
+        digits = 0;
+    }
+    false
 }
 
 impl Serialize for Details {
@@ -122,6 +170,36 @@ mod tests {
         }
         assert_eq!(Details::empty().as_json(), "{}");
         assert!(Details::empty().object().is_empty());
+    }
+
+    #[test]
+    fn numbers_beyond_a_double_are_refused() {
+        // Found by the anomaly_body fuzz target: accepted, then parsed as `{}`.
+        let huge = "1".repeat(400);
+        for text in [
+            r#"{"":-5E01000}"#,
+            r#"{"a": {"b": [1, 1e400]}}"#,
+            &format!(r#"{{"a": {huge}}}"#),
+            "{\n\"a\": 1e400\n}",
+        ] {
+            assert_eq!(
+                from_text(text).unwrap_err(),
+                "`details` holds a number beyond the range of a double, like 1e400",
+                "{text}"
+            );
+        }
+        // Exponents within range, and what only looks like one, are details like any other.
+        let details = from_text(r#"{"a": 1.5e3, "b": true, "c": "1e400", "d": false}"#).unwrap();
+        assert_eq!(details.object()["a"], 1500.0);
+        assert_eq!(details.object()["c"], "1e400");
+        assert_eq!(
+            details.as_json(),
+            r#"{"a": 1.5e3, "b": true, "c": "1e400", "d": false}"#
+        );
+        assert!(!may_hold_huge_number(
+            br#"{"a": true, "b": "\"1e9", "c": 123}"#
+        ));
+        assert!(may_hold_huge_number(br#"{"a": "x\\", "b": 1E2}"#));
     }
 
     #[test]
