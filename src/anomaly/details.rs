@@ -33,26 +33,22 @@ impl Details {
         if !text.starts_with('{') {
             return Err("`details` must be a JSON object");
         }
-        // A number beyond an f64 (`1e400`) is valid JSON the parser passes over here but cannot
-        // read later: the parsed object would silently lack what the text shows (found by the
-        // anomaly_body fuzz target). The rare text that may hold one is parsed now to tell.
-        if may_hold_huge_number(text.as_bytes()) {
-            let object: JsonObject = serde_json::from_str(text)
-                .map_err(|_| "`details` holds a number beyond the range of a double, like 1e400")?;
-            if memchr::memchr2(b'\n', b'\r', text.as_bytes()).is_some() {
+        // Whitespace between tokens may hold line breaks, which a one-line record cannot;
+        // strings cannot (JSON escapes them). Such a body is rewritten without them.
+        let multiline = memchr::memchr2(b'\n', b'\r', text.as_bytes()).is_some();
+        // A number beyond an f64 (`1e400`) and a lone surrogate escape (`"\ud800"`) are passed
+        // over by the token check that validated this text, but the parse a template needs
+        // fails on them: the object would silently lack what the text shows (found by the
+        // anomaly_body fuzz target). The rare text that may hold either is parsed now to tell.
+        if multiline || may_not_parse(text.as_bytes()) {
+            let object: JsonObject = serde_json::from_str(text).map_err(|_| UNREADABLE)?;
+            if multiline {
                 return Ok(Details::from_object(object));
             }
             return Ok(Details {
                 text: value.to_owned(),
                 parsed: OnceLock::from(object),
             });
-        }
-        // Whitespace between tokens may hold line breaks, which a one-line record cannot;
-        // strings cannot (JSON escapes them). Such a body is rewritten without them.
-        if memchr::memchr2(b'\n', b'\r', text.as_bytes()).is_some() {
-            let object: JsonObject =
-                serde_json::from_str(text).map_err(|_| "`details` must be a JSON object")?;
-            return Ok(Details::from_object(object));
         }
         Ok(Details {
             text: value.to_owned(),
@@ -81,16 +77,21 @@ impl Details {
     }
 }
 
-/// True when the JSON `text` may hold a number an f64 cannot: one with an exponent, or a run of
-/// more digits than an f64's largest integer has. Strings are skipped; `true` and `false` are not
-/// exponents, since a JSON exponent always follows a digit.
-fn may_hold_huge_number(text: &[u8]) -> bool {
+/// Why JSON that passed the token check is no details: what only a full parse refuses.
+const UNREADABLE: &str = "`details` holds a number beyond the range of a double (like 1e400) or \
+                          an escape that is no character (a lone surrogate, like \\ud800)";
+
+/// True when the JSON `text` may hold what only a full parse can refuse: a number an f64 cannot
+/// hold (one with an exponent, or a run of more digits than f64::MAX has), or a `\u` escape (which
+/// may be a lone surrogate). `true` and `false` are no exponents: a JSON exponent follows a digit.
+fn may_not_parse(text: &[u8]) -> bool {
     /// Digits of f64::MAX, below which a run of digits always fits.
     const F64_MAX_DIGITS: usize = 309;
     let (mut in_string, mut escaped, mut digits) = (false, false, 0usize);
     for &byte in text {
         if in_string {
             match byte {
+                b'u' if escaped => return true,
                 _ if escaped => escaped = false,
                 b'\\' => escaped = true,
                 b'"' => in_string = false,
@@ -182,11 +183,7 @@ mod tests {
             &format!(r#"{{"a": {huge}}}"#),
             "{\n\"a\": 1e400\n}",
         ] {
-            assert_eq!(
-                from_text(text).unwrap_err(),
-                "`details` holds a number beyond the range of a double, like 1e400",
-                "{text}"
-            );
+            assert_eq!(from_text(text).unwrap_err(), UNREADABLE, "{text}");
         }
         // Exponents within range, and what only looks like one, are details like any other.
         let details = from_text(r#"{"a": 1.5e3, "b": true, "c": "1e400", "d": false}"#).unwrap();
@@ -196,10 +193,19 @@ mod tests {
             details.as_json(),
             r#"{"a": 1.5e3, "b": true, "c": "1e400", "d": false}"#
         );
-        assert!(!may_hold_huge_number(
-            br#"{"a": true, "b": "\"1e9", "c": 123}"#
-        ));
-        assert!(may_hold_huge_number(br#"{"a": "x\\", "b": 1E2}"#));
+        assert!(!may_not_parse(br#"{"a": true, "b": "\"1e9", "c": 123}"#));
+        assert!(may_not_parse(br#"{"a": "x\\", "b": 1E2}"#));
+    }
+
+    #[test]
+    fn lone_surrogates_are_refused() {
+        // Found by the anomaly_body fuzz target: accepted, then parsed as `{}`.
+        for text in [r#"{"\uDDDD":"u-"}"#, r#"{"a": ["x\ud800y"]}"#] {
+            assert_eq!(from_text(text).unwrap_err(), UNREADABLE, "{text}");
+        }
+        let details = from_text(r#"{"a": "\u00e9\ud83d\ude00", "b": "\\u"}"#).unwrap();
+        assert_eq!(details.object()["a"], "é😀");
+        assert_eq!(details.object()["b"], "\\u");
     }
 
     #[test]
