@@ -34,7 +34,7 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
     }
     let raw: RawFile = budget::from_str(source).map_err(|err| {
         let position = err.location().map_or((1, 1), |l| (l.line(), l.column()));
-        ConfigErrors::one(error_at(position, yaml_message(&err)))
+        ConfigErrors::one(error_at(within_text(source, position), yaml_message(&err)))
     })?;
 
     let mut errors = Found::new(path, source);
@@ -249,6 +249,19 @@ impl Section {
             Section::Anomalies => Place::LegacyName { name: key, nth: 1 },
         }
     }
+}
+
+/// `position`, or the end of `source` when it is past it: at the end of a text without a final
+/// line break, libyaml reports a line that is not there (found by the map_compile fuzz target).
+fn within_text(source: &str, (line, column): (usize, usize)) -> (usize, usize) {
+    // libyaml's line breaks: LF, CR, CRLF, and the Unicode NEL, LS and PS.
+    let is_break = |c: char| matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}');
+    let lines = source.matches(is_break).count() - source.matches("\r\n").count() + 1;
+    if line <= lines {
+        return (line, column);
+    }
+    let last_line = source.rsplit(is_break).next().unwrap_or("");
+    (lines, last_line.chars().count() + 1)
 }
 
 /// serde_yaml's message without its trailing ` at line L column C`, which we print up front.
@@ -724,6 +737,23 @@ reflexes:
             errors_of(&laughs),
             "map.yml:1:1: alias expansion limit: aliases are followed more than 100 times per \
              node of the text; is it an alias bomb?"
+        );
+    }
+
+    #[test]
+    fn errors_at_the_end_of_the_text_point_into_it() {
+        // Found by the map_compile fuzz target: libyaml said 3:1 of a two-line file.
+        assert_eq!(
+            errors_of("?\n<"),
+            "map.yml:2:2: could not find expected ':'"
+        );
+        assert_eq!(
+            errors_of("?\r\n<"),
+            "map.yml:2:2: could not find expected ':'"
+        );
+        assert_eq!(
+            errors_of("?\n<\n"),
+            "map.yml:3:1: could not find expected ':'"
         );
     }
 
