@@ -11,6 +11,7 @@ mod completions;
 mod exec_hardening;
 mod explain;
 mod fault_injection;
+mod hostile_maps;
 mod http_api;
 mod journald;
 mod log_faults;

@@ -44,10 +44,20 @@ impl Details {
         }
         // Whitespace between tokens may hold line breaks, which a one-line record cannot;
         // strings cannot (JSON escapes them). Such a body is rewritten without them.
-        if memchr::memchr2(b'\n', b'\r', text.as_bytes()).is_some() {
-            let object: JsonObject =
-                serde_json::from_str(text).map_err(|_| "`details` must be a JSON object")?;
-            return Ok(Details::from_object(object));
+        let multiline = memchr::memchr2(b'\n', b'\r', text.as_bytes()).is_some();
+        // A number beyond an f64 (`1e400`) and a lone surrogate escape (`"\ud800"`) are passed
+        // over by the token check that validated this text, but the parse a template needs
+        // fails on them: the object would silently lack what the text shows (found by the
+        // anomaly_body fuzz target). The rare text that may hold either is parsed now to tell.
+        if multiline || may_not_parse(text.as_bytes()) {
+            let object: JsonObject = serde_json::from_str(text).map_err(|_| UNREADABLE)?;
+            if multiline {
+                return Ok(Details::from_object(object));
+            }
+            return Ok(Details {
+                text: Cow::Owned(value.to_owned()),
+                parsed: OnceLock::from(object),
+            });
         }
         Ok(Details {
             text: Cow::Owned(value.to_owned()),
@@ -74,6 +84,45 @@ impl Details {
     pub fn as_json(&self) -> &str {
         self.text.get()
     }
+}
+
+/// Why JSON that passed the token check is no details: what only a full parse refuses.
+const UNREADABLE: &str = "`details` holds a number beyond the range of a double (like 1e400) or \
+                          an escape that is no character (a lone surrogate, like \\ud800)";
+
+/// True when the JSON `text` may hold what only a full parse can refuse: a number an f64 cannot
+/// hold (one with an exponent, or a run of more digits than f64::MAX has), or a `\u` escape (which
+/// may be a lone surrogate). `true` and `false` are no exponents: a JSON exponent follows a digit.
+fn may_not_parse(text: &[u8]) -> bool {
+    /// Digits of f64::MAX, below which a run of digits always fits.
+    const F64_MAX_DIGITS: usize = 309;
+    let (mut in_string, mut escaped, mut digits) = (false, false, 0usize);
+    for &byte in text {
+        if in_string {
+            match byte {
+                b'u' if escaped => return true,
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'0'..=b'9' => {
+                digits += 1;
+                if digits >= F64_MAX_DIGITS {
+                    return true;
+                }
+                continue;
+            }
+            b'e' | b'E' if digits > 0 => return true,
+            b'"' => in_string = true,
+            _ => {}
+        }
+        digits = 0;
+    }
+    false
 }
 
 impl Serialize for Details {
@@ -131,6 +180,41 @@ mod tests {
         }
         assert_eq!(Details::empty().as_json(), "{}");
         assert!(Details::empty().object().is_empty());
+    }
+
+    #[test]
+    fn numbers_beyond_a_double_are_refused() {
+        // Found by the anomaly_body fuzz target: accepted, then parsed as `{}`.
+        let huge = "1".repeat(400);
+        for text in [
+            r#"{"":-5E01000}"#,
+            r#"{"a": {"b": [1, 1e400]}}"#,
+            &format!(r#"{{"a": {huge}}}"#),
+            "{\n\"a\": 1e400\n}",
+        ] {
+            assert_eq!(from_text(text).unwrap_err(), UNREADABLE, "{text}");
+        }
+        // Exponents within range, and what only looks like one, are details like any other.
+        let details = from_text(r#"{"a": 1.5e3, "b": true, "c": "1e400", "d": false}"#).unwrap();
+        assert_eq!(details.object()["a"], 1500.0);
+        assert_eq!(details.object()["c"], "1e400");
+        assert_eq!(
+            details.as_json(),
+            r#"{"a": 1.5e3, "b": true, "c": "1e400", "d": false}"#
+        );
+        assert!(!may_not_parse(br#"{"a": true, "b": "\"1e9", "c": 123}"#));
+        assert!(may_not_parse(br#"{"a": "x\\", "b": 1E2}"#));
+    }
+
+    #[test]
+    fn lone_surrogates_are_refused() {
+        // Found by the anomaly_body fuzz target: accepted, then parsed as `{}`.
+        for text in [r#"{"\uDDDD":"u-"}"#, r#"{"a": ["x\ud800y"]}"#] {
+            assert_eq!(from_text(text).unwrap_err(), UNREADABLE, "{text}");
+        }
+        let details = from_text(r#"{"a": "\u00e9\ud83d\ude00", "b": "\\u"}"#).unwrap();
+        assert_eq!(details.object()["a"], "é😀");
+        assert_eq!(details.object()["b"], "\\u");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::Path;
 use super::CheckArgs;
 use crate::map::{self, LoadError, LoadedMap};
 
-/// Prints a summary (valid) or every error as `FILE:LINE:COLUMN: message` (invalid).
+/// Prints a summary (valid) or the errors as `FILE:LINE:COLUMN: message` (invalid).
 /// Returns whether the map is valid.
 pub fn run(args: &CheckArgs) -> bool {
     match map::load(&args.file, 1) {
@@ -18,9 +18,8 @@ pub fn run(args: &CheckArgs) -> bool {
             true
         }
         Err(LoadError::Invalid(errors)) => {
-            for error in &errors.0 {
-                eprintln!("{error}");
-            }
+            // One line per listed error, then `… and N more errors`.
+            eprintln!("{errors}");
             false
         }
         Err(err) => {

@@ -45,12 +45,8 @@ pub fn run(args: &ExplainArgs) -> Verdict {
     }
     let loaded = match map::load(&args.map.config, 1) {
         Ok(loaded) => loaded,
-        Err(map::LoadError::Invalid(errors)) => {
-            for error in &errors.0 {
-                eprintln!("{error}");
-            }
-            return Verdict::Unmatched;
-        }
+        // An invalid map prints as `check` prints it: one line per listed error, then
+        // `… and N more errors`.
         Err(err) => {
             eprintln!("{err}");
             return Verdict::Unmatched;

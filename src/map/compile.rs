@@ -1,16 +1,20 @@
 //! `compile`: the raw schema into the `ReflexMap` dispatch reads. Whole-file checks (undeclared
-//! workflows, names given twice) run here and collect every error with its position.
+//! workflows, names given twice) run here and collect every error, the first hundred with their
+//! positions.
 
-use std::collections::HashSet;
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use indexmap::IndexMap;
 
+use super::budget;
 use super::schema::{RawCase, RawFile, ReflexKey};
 use super::{
-    Action, Case, ConfigError, ConfigErrors, Escalate, Limits, Matcher, Reflex, ReflexMap, Workflow,
+    Action, Case, ConfigError, ConfigErrors, Escalate, Limits, Matcher, Reflex, ReflexMap,
+    Workflow, MAX_LISTED_ERRORS,
 };
 use crate::anomaly::JsonObject;
 
@@ -23,17 +27,17 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
         message,
     };
     if source.trim().is_empty() {
-        return Err(ConfigErrors(vec![error_at(
+        return Err(ConfigErrors::one(error_at(
             (1, 1),
             "the file is empty: it needs a `reflexes:` section (or the original format's `anomalies:` list)".into(),
-        )]));
+        )));
     }
-    let raw: RawFile = serde_yaml::from_str(source).map_err(|err| {
+    let raw: RawFile = budget::from_str(source).map_err(|err| {
         let position = err.location().map_or((1, 1), |l| (l.line(), l.column()));
-        ConfigErrors(vec![error_at(position, yaml_message(&err))])
+        ConfigErrors::one(error_at(within_text(source, position), yaml_message(&err)))
     })?;
 
-    let mut errors = Vec::new();
+    let mut errors = Found::new(path, source);
     let mut notes = Vec::new();
     let legacy_log_only = raw.workflows.is_none();
     let declared = raw.workflows.unwrap_or_default();
@@ -41,11 +45,19 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
         ("workflows", &declared.repeated),
         ("reflexes", &raw.reflexes.repeated),
     ] {
+        // The first repeat of a key is its second occurrence, the next its third.
+        let mut occurrences: HashMap<&str, usize> = HashMap::new();
         for key in repeated {
-            errors.push(error_at(
-                locate_key(source, section, key, 2),
-                format!("{section}: `{key}` is given twice"),
-            ));
+            let nth = occurrences.entry(key).or_insert(1);
+            *nth += 1;
+            errors.push(
+                Place::Key {
+                    section,
+                    key,
+                    nth: *nth,
+                },
+                || format!("{section}: `{key}` is given twice"),
+            );
         }
     }
     let mut workflows: IndexMap<String, Arc<Workflow>> = declared
@@ -109,14 +121,28 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
         }
         reflexes.push((compiled, Section::Reflexes));
     }
-    let mut seen: HashSet<Arc<str>> = reflexes.iter().map(|(r, _)| r.key.clone()).collect();
+    // Each name known so far, with how often the `anomalies:` list has given it.
+    let mut seen: HashMap<String, usize> = reflexes
+        .iter()
+        .map(|(r, _)| (r.key.to_string(), 0))
+        .collect();
     for entry in raw.anomalies {
-        if !seen.insert(Arc::from(entry.name.0.as_str())) {
-            errors.push(error_at(
-                locate_legacy_name(source, &entry.name.0),
-                format!("anomaly `{}` is given twice", entry.name.0),
-            ));
-            continue;
+        match seen.entry(entry.name.0.clone()) {
+            Entry::Occupied(mut given) => {
+                *given.get_mut() += 1;
+                let name = &entry.name.0;
+                errors.push(
+                    Place::LegacyName {
+                        name,
+                        nth: *given.get(),
+                    },
+                    || format!("anomaly `{name}` is given twice"),
+                );
+                continue;
+            }
+            Entry::Vacant(first) => {
+                first.insert(1);
+            }
         }
         let case = Case::new(
             &entry.workflow,
@@ -160,14 +186,9 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
                     );
                     return index;
                 }
-                let position = match section {
-                    Section::Reflexes => locate_key(source, "reflexes", &key, 1),
-                    Section::Anomalies => locate_legacy_name(source, &key),
-                };
-                errors.push(error_at(
-                    position,
-                    format!("{which} {what} workflow `{workflow}`, which is not declared under `workflows:`"),
-                ));
+                errors.push(section.place_of(&key), || {
+                    format!("{which} {what} workflow `{workflow}`, which is not declared under `workflows:`")
+                });
                 0
             };
             case.workflow_index = resolve(&case.workflow, "names");
@@ -176,9 +197,7 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
             }
         }
     }
-    if !errors.is_empty() {
-        return Err(ConfigErrors(errors));
-    }
+    errors.into_result()?;
 
     let reflexes: Vec<Reflex> = reflexes.into_iter().map(|(reflex, _)| reflex).collect();
     let exact = reflexes
@@ -187,7 +206,7 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
         .filter(|(_, r)| !r.is_pattern)
         .map(|(i, r)| (r.key.to_string(), i));
     let matcher = Matcher::new(exact, patterns)
-        .map_err(|message| ConfigErrors(vec![error_at((1, 1), message)]))?;
+        .map_err(|message| ConfigErrors::one(error_at((1, 1), message)))?;
     // A map where an anomaly may fall through its first reflex's cases needs every matching
     // pattern in order: built now, at load, rather than by the first request that falls through.
     if reflexes.iter().any(Reflex::may_fall_through) {
@@ -209,80 +228,226 @@ pub fn compile(path: &Path, source: &str) -> Result<ReflexMap, ConfigErrors> {
 }
 
 /// The section of the file a reflex was written in, for finding its position on error.
+///
+/// Each reflex remembers its section, not its position: positions are found in the text, and
+/// only for the reflexes an error is about (issue 5: 100,000 names took minutes otherwise).
 #[derive(Debug, Clone, Copy)]
 enum Section {
     Reflexes,
     Anomalies,
 }
 
+impl Section {
+    fn place_of(self, key: &str) -> Place<'_> {
+        match self {
+            Section::Reflexes => Place::Key {
+                section: "reflexes",
+                key,
+                nth: 1,
+            },
+            // Only a name's first occurrence in the list becomes a reflex.
+            Section::Anomalies => Place::LegacyName { name: key, nth: 1 },
+        }
+    }
+}
+
+/// `position`, or the end of `source` when it is past it: at the end of a text without a final
+/// line break, libyaml reports a line that is not there (found by the map_compile fuzz target).
+fn within_text(source: &str, (line, column): (usize, usize)) -> (usize, usize) {
+    // libyaml's line breaks: LF, CR, CRLF, and the Unicode NEL, LS and PS.
+    let is_break = |c: char| matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}');
+    let lines = source.matches(is_break).count() - source.matches("\r\n").count() + 1;
+    if line <= lines {
+        return (line, column);
+    }
+    let last_line = source.rsplit(is_break).next().unwrap_or("");
+    (lines, last_line.chars().count() + 1)
+}
+
 /// serde_yaml's message without its trailing ` at line L column C`, which we print up front.
 fn yaml_message(err: &serde_yaml::Error) -> String {
     let text = err.to_string();
+    if text == "repetition limit exceeded" {
+        // serde_yaml's own bound on following aliases (100 per event of the text), met before
+        // the budget by deep chains of small anchors; it has no position to give.
+        return "alias expansion limit: aliases are followed more than 100 times per node of \
+                the text; is it an alias bomb?"
+            .into();
+    }
     match text.find(" at line ") {
         Some(cut) if err.location().is_some() => text[..cut].to_string(),
         _ => text,
     }
 }
 
-/// Line and column of the `nth` (from 1) `key:` inside the top-level `section:` block, for
-/// whole-file errors.
-///
-/// serde_yaml keeps no spans, so this scans the text; block-style maps (what people write) are
-/// found exactly, and anything else falls back to the section's own line.
-fn locate_key(source: &str, section: &str, key: &str, nth: usize) -> (usize, usize) {
-    let candidates = [
-        format!("{key}:"),
-        format!("\"{key}\":"),
-        format!("'{key}':"),
-    ];
-    let seen = std::cell::Cell::new(0);
-    locate_in_section(source, section, |trimmed| {
-        let hit = candidates.iter().any(|c| trimmed.starts_with(c.as_str()));
-        if hit {
-            seen.set(seen.get() + 1);
-        }
-        hit && seen.get() == nth
-    })
+/// Where an error is, found in the text only when the error is listed.
+#[derive(Debug, Clone, Copy)]
+enum Place<'k> {
+    /// The `nth` (from 1) entry `key:` of the top-level `section:`.
+    Key {
+        section: &'static str,
+        key: &'k str,
+        nth: usize,
+    },
+    /// The `nth` (from 1) `name: NAME` of the original format's `anomalies:` list.
+    LegacyName { name: &'k str, nth: usize },
 }
 
-/// Line and column of `name: <name>` inside the original format's `anomalies:` list.
-fn locate_legacy_name(source: &str, name: &str) -> (usize, usize) {
-    let values = [name.to_string(), format!("\"{name}\""), format!("'{name}'")];
-    locate_in_section(source, "anomalies", |trimmed| {
-        let trimmed = trimmed.trim_start_matches('-').trim_start();
-        trimmed
-            .strip_prefix("name:")
-            .map(|value| values.iter().any(|v| value.trim() == v))
-            .unwrap_or(false)
-    })
+/// The whole-file errors of one compile: the first `MAX_LISTED_ERRORS` with their positions,
+/// then only a count, so a file of 50,000 errors is checked in linear time (issue 13: finding
+/// every position by scanning the text took 27 s) and reported in a screenful.
+struct Found<'s> {
+    path: &'s Path,
+    source: &'s str,
+    /// Built on the first listed error: a map without errors never pays for it.
+    positions: Option<Positions<'s>>,
+    listed: Vec<ConfigError>,
+    more: usize,
 }
 
-fn locate_in_section(
-    source: &str,
-    section: &str,
-    is_target: impl Fn(&str) -> bool,
-) -> (usize, usize) {
-    let header = format!("{section}:");
-    let mut section_line = None;
-    for (index, line) in source.lines().enumerate() {
-        let starts_at_margin = !line.starts_with([' ', '\t']) && !line.starts_with('#');
-        if section_line.is_none() {
-            if starts_at_margin && line.starts_with(&header) {
-                section_line = Some(index);
-            }
-            continue;
-        }
-        if starts_at_margin && !line.trim().is_empty() && !line.starts_with('-') {
-            break; // the next top-level key ends the section
-        }
-        let trimmed = line.trim_start();
-        if is_target(trimmed) {
-            let indent = line.len() - trimmed.len();
-            let dash = trimmed.len() - trimmed.trim_start_matches('-').trim_start().len();
-            return (index + 1, indent + dash + 1);
+impl<'s> Found<'s> {
+    fn new(path: &'s Path, source: &'s str) -> Self {
+        Found {
+            path,
+            source,
+            positions: None,
+            listed: Vec::new(),
+            more: 0,
         }
     }
-    section_line.map_or((1, 1), |index| (index + 1, 1))
+
+    /// Adds an error at `place`, saying `message`; past the listed ones, only counts it.
+    fn push(&mut self, place: Place<'_>, message: impl FnOnce() -> String) {
+        if self.listed.len() >= MAX_LISTED_ERRORS {
+            self.more += 1;
+            return;
+        }
+        let source = self.source;
+        let positions = self.positions.get_or_insert_with(|| Positions::of(source));
+        let (line, column) = positions.find(place);
+        self.listed.push(ConfigError {
+            path: self.path.to_path_buf(),
+            line,
+            column,
+            message: message(),
+        });
+    }
+
+    fn into_result(self) -> Result<(), ConfigErrors> {
+        match ConfigErrors::new(self.listed, self.more) {
+            Some(errors) => Err(errors),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Where the entries of the top-level sections start, from one pass over the text.
+///
+/// serde_yaml keeps no spans, so positions for whole-file errors come from the text: block-style
+/// maps and lists (what people write) are found exactly; anything else falls back to the
+/// section's own line, or to 1:1.
+#[derive(Debug, Default)]
+struct Positions<'s> {
+    /// The line of each top-level `section:`.
+    sections: HashMap<&'s str, usize>,
+    /// Each `(section, key)` entry, at the indentation of the section's first entry, in order.
+    keys: HashMap<(&'s str, &'s str), Vec<(usize, usize)>>,
+    /// Each `name: NAME` in the `anomalies:` list, in order.
+    legacy_names: HashMap<&'s str, Vec<(usize, usize)>>,
+}
+
+impl<'s> Positions<'s> {
+    fn of(source: &'s str) -> Positions<'s> {
+        let mut positions = Positions::default();
+        // The section being read, and the indentation of its entries once its first is seen.
+        let mut section: Option<(&str, Option<usize>)> = None;
+        for (index, line) in source.lines().enumerate() {
+            let line_number = index + 1;
+            let trimmed = line.trim_start();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            let indent = line.len() - trimmed.len();
+            if indent == 0 && !trimmed.starts_with('-') {
+                // A top-level key starts a section (and ends the one before).
+                section = key_of(trimmed).map(|name| {
+                    positions.sections.entry(name).or_insert(line_number);
+                    (name, None)
+                });
+                continue;
+            }
+            let Some((name, entry_indent)) = &mut section else {
+                continue;
+            };
+            if *name == "anomalies" {
+                let item = trimmed.trim_start_matches('-').trim_start();
+                if let Some(value) = item.strip_prefix("name:") {
+                    let column = indent + (trimmed.len() - item.len()) + 1;
+                    positions
+                        .legacy_names
+                        .entry(unquote(value.trim()))
+                        .or_default()
+                        .push((line_number, column));
+                }
+                continue;
+            }
+            if *entry_indent.get_or_insert(indent) != indent {
+                continue; // inside an entry: a long-form reflex's `workflow:` is no reflex
+            }
+            if let Some(key) = key_of(trimmed) {
+                positions
+                    .keys
+                    .entry((*name, key))
+                    .or_default()
+                    .push((line_number, indent + 1));
+            }
+        }
+        positions
+    }
+
+    fn find(&self, place: Place<'_>) -> (usize, usize) {
+        let (section, found, nth) = match place {
+            Place::Key { section, key, nth } => (section, self.keys.get(&(section, key)), nth),
+            Place::LegacyName { name, nth } => ("anomalies", self.legacy_names.get(name), nth),
+        };
+        let entry = found.and_then(|all| all.get(nth.saturating_sub(1)));
+        let header = || self.sections.get(section).map(|&line| (line, 1));
+        entry.copied().or_else(header).unwrap_or((1, 1))
+    }
+}
+
+/// The key of a `key: value` line (plain, `"quoted"` or `'quoted'`), if the line is one.
+fn key_of(text: &str) -> Option<&str> {
+    for quote in ['"', '\''] {
+        if let Some(rest) = text.strip_prefix(quote) {
+            let (key, after) = rest.split_once(quote)?;
+            return after.starts_with(':').then_some(key);
+        }
+    }
+    // A plain key ends at the first `:` followed by a space or the end of the line.
+    let mut from = 0;
+    while let Some(found) = text[from..].find(':') {
+        let colon = from + found;
+        let after = &text[colon + 1..];
+        if after.is_empty() || after.starts_with([' ', '\t']) {
+            return Some(text[..colon].trim_end());
+        }
+        from = colon + 1;
+    }
+    None
+}
+
+/// `value` without one pair of surrounding quotes.
+fn unquote(value: &str) -> &str {
+    for quote in ['"', '\''] {
+        if let Some(inner) = value
+            .strip_prefix(quote)
+            .and_then(|rest| rest.strip_suffix(quote))
+        {
+            return inner;
+        }
+    }
+    value
 }
 
 #[cfg(test)]
@@ -498,6 +663,42 @@ reflexes:
     }
 
     #[test]
+    fn retries_and_timeouts_are_bounded() {
+        assert_eq!(
+            errors_of("workflows:\n  a:\n    webhook: {url: http://h/, retries: 1000000}\n"),
+            "map.yml:3:14: workflows.a.webhook: `retries` is 1000000: give at most 10"
+        );
+        assert_eq!(
+            errors_of("workflows:\n  a:\n    webhook:\n      url: http://h/\n      retries: 11\n"),
+            "map.yml:4:7: workflows.a.webhook: `retries` is 11: give at most 10"
+        );
+        assert_eq!(
+            errors_of("workflows:\n  a:\n    exec: {command: [true], timeout: 0s}\n"),
+            "map.yml:3:11: workflows.a.exec: timeout `0s` is shorter than 10ms: give one from 10ms to 1h"
+        );
+        assert_eq!(
+            errors_of("workflows:\n  a:\n    webhook: {url: http://h/, timeout: 9ms}\n"),
+            "map.yml:3:14: workflows.a.webhook: timeout `9ms` is shorter than 10ms: give one from 10ms to 1h"
+        );
+        assert_eq!(
+            errors_of("workflows:\n  a:\n    exec: {command: [true], timeout: 61m}\n"),
+            "map.yml:3:11: workflows.a.exec: timeout `61m` is longer than 1h: give one from 10ms to 1h"
+        );
+        let map = compile_str(
+            "workflows:\n  a:\n    exec: {command: [true], timeout: 1h}\n  b:\n    webhook: {url: http://h/, timeout: 10ms, retries: 10}\n",
+        )
+        .unwrap();
+        match (&map.workflows["a"].action, &map.workflows["b"].action) {
+            (Action::Exec(exec), Action::Webhook(hook)) => {
+                assert_eq!(exec.timeout, Duration::from_secs(3600));
+                assert_eq!(hook.timeout, Duration::from_millis(10));
+                assert_eq!(hook.retries, 10);
+            }
+            other => panic!("unexpected actions {other:?}"),
+        }
+    }
+
+    #[test]
     fn bad_yaml_is_an_error_with_a_position() {
         assert_eq!(
             errors_of("reflexes:\n  a: b\n   c: d\n"),
@@ -506,6 +707,53 @@ reflexes:
         assert_eq!(
             errors_of("   \n"),
             "map.yml:1:1: the file is empty: it needs a `reflexes:` section (or the original format's `anomalies:` list)"
+        );
+    }
+
+    #[test]
+    fn alias_bombs_are_refused_not_expanded() {
+        // A list of 2,000 names aliased 1,000 times in a reflex's params: 2 million nodes.
+        let mut bomb = String::from(
+            "workflows:\n  w: {}\nreflexes:\n  a:\n    workflow: w\n    params:\n      big: &b [",
+        );
+        bomb.push_str(&vec!["x"; 2_000].join(", "));
+        bomb.push_str("]\n      copies: [");
+        bomb.push_str(&vec!["*b"; 1_000].join(", "));
+        bomb.push_str("]\n");
+        let errors = errors_of(&bomb);
+        assert!(
+            errors.starts_with("map.yml:7:") && errors.contains(": reflexes.a.params.copies["),
+            "{errors}"
+        );
+        assert!(errors.contains("]: alias expansion limit: "), "{errors}");
+
+        // Nine levels of ten aliases each: serde_yaml's own limit stops these first.
+        let mut laughs = String::from("workflows:\n  w: {}\nreflexes:\n  a:\n    workflow: w\n    params:\n      l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for level in 1..9 {
+            let items = vec![format!("*l{}", level - 1); 10].join(", ");
+            laughs.push_str(&format!("      l{level}: &l{level} [{items}]\n"));
+        }
+        assert_eq!(
+            errors_of(&laughs),
+            "map.yml:1:1: alias expansion limit: aliases are followed more than 100 times per \
+             node of the text; is it an alias bomb?"
+        );
+    }
+
+    #[test]
+    fn errors_at_the_end_of_the_text_point_into_it() {
+        // Found by the map_compile fuzz target: libyaml said 3:1 of a two-line file.
+        assert_eq!(
+            errors_of("?\n<"),
+            "map.yml:2:2: could not find expected ':'"
+        );
+        assert_eq!(
+            errors_of("?\r\n<"),
+            "map.yml:2:2: could not find expected ':'"
+        );
+        assert_eq!(
+            errors_of("?\n<\n"),
+            "map.yml:3:1: could not find expected ':'"
         );
     }
 
@@ -522,6 +770,51 @@ reflexes:
         assert_eq!(
             errors_of("workflows:\n  a: {}\nreflexes:\n  x: a\nanomalies:\n  - name: x\n    workflow: a\n"),
             "map.yml:6:5: anomaly `x` is given twice"
+        );
+    }
+
+    #[test]
+    fn errors_past_the_hundredth_are_counted_not_listed() {
+        let mut source = String::from("workflows:\n  w: {}\nreflexes:\n");
+        for i in 0..250 {
+            source.push_str(&format!("  r{i}: missing\n"));
+        }
+        let errors = compile_str(&source).unwrap_err();
+        assert_eq!(errors.listed().len(), MAX_LISTED_ERRORS);
+        assert_eq!(errors.more(), 150);
+        let text = errors.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 101);
+        assert_eq!(
+            lines[99],
+            "map.yml:103:3: reflex `r99` names workflow `missing`, which is not declared under `workflows:`"
+        );
+        assert_eq!(lines[100], "… and 150 more errors");
+    }
+
+    #[test]
+    fn each_repeat_is_reported_where_it_is() {
+        assert_eq!(
+            errors_of("workflows:\n  a: {}\nreflexes:\n  x: a\n  'x': a\n  \"x\": a\n"),
+            "map.yml:5:3: reflexes: `x` is given twice\nmap.yml:6:3: reflexes: `x` is given twice"
+        );
+        assert_eq!(
+            errors_of("workflows:\n  a: {}\nanomalies:\n- name: x\n  workflow: a\n- workflow: a\n  name: 'x'\n"),
+            "map.yml:7:3: anomaly `x` is given twice"
+        );
+    }
+
+    #[test]
+    fn only_a_sections_own_keys_are_positions_of_its_entries() {
+        // `workflow:` inside the long form of `a` is not the reflex named `workflow`.
+        assert_eq!(
+            errors_of("workflows:\n  w: {}\nreflexes:\n  a:\n    workflow: w\n  workflow: nope\n"),
+            "map.yml:6:3: reflex `workflow` names workflow `nope`, which is not declared under `workflows:`"
+        );
+        // A flow-style section falls back to its own line.
+        assert_eq!(
+            errors_of("workflows: {w: {}}\nreflexes: {a: w, b: nope}\n"),
+            "map.yml:2:1: reflex `b` names workflow `nope`, which is not declared under `workflows:`"
         );
     }
 

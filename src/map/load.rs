@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -13,6 +13,10 @@ use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 
 use super::{compile, Action, ConfigError, ConfigErrors, ReflexMap};
+
+/// The largest map read (SPEC §8): 32 MiB, eight times a map of 100,000 reflexes; anything larger
+/// is refused before parsing.
+const MAX_MAP_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Characters of the hex digest shown as a map's `version`.
 const VERSION_HEX_CHARS: usize = 12;
@@ -89,14 +93,38 @@ pub struct MapFile {
 }
 
 impl MapFile {
-    /// Reads the file at `path`.
+    /// Reads the file at `path`: a regular file (or a symlink to one) of at most `MAX_MAP_BYTES`.
+    ///
+    /// Anything else is refused without blocking: a FIFO would hold the reload thread until a
+    /// writer came, and a device such as `/dev/zero` would be read forever.
     pub fn read(path: &Path) -> Result<MapFile, LoadError> {
         let read = || -> std::io::Result<MapFile> {
-            // Mode and bytes come from the same open file, so a swap in between cannot mix them.
-            let mut file = std::fs::File::open(path)?;
+            // O_NONBLOCK: opening a FIFO for reading waits for a writer without it. std adds
+            // O_CLOEXEC itself, so no command the daemon runs inherits the descriptor.
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+                .open(path)
+                .map_err(|err| explain_open_error(path, err))?;
+            // Kind, size, mode and bytes come from the same open file, so a swap in between
+            // cannot mix them.
             let meta = file.metadata()?;
-            let mut bytes = Vec::new();
-            file.read_to_end(&mut bytes)?;
+            let kind = meta.file_type();
+            if !kind.is_file() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("it is {}, not a regular file", kind_of(&kind)),
+                ));
+            }
+            if meta.len() > MAX_MAP_BYTES {
+                return Err(too_large());
+            }
+            // The size can change after fstat: read one byte past the limit to know.
+            let mut bytes = Vec::with_capacity(meta.len() as usize);
+            file.take(MAX_MAP_BYTES + 1).read_to_end(&mut bytes)?;
+            if bytes.len() as u64 > MAX_MAP_BYTES {
+                return Err(too_large());
+            }
             let digest = Sha256::digest(&bytes).into();
             Ok(MapFile {
                 bytes,
@@ -144,12 +172,12 @@ impl MapFile {
 
     fn parse(&self, path: &Path) -> Result<ReflexMap, LoadError> {
         let source = std::str::from_utf8(&self.bytes).map_err(|err| {
-            LoadError::Invalid(ConfigErrors(vec![ConfigError {
+            LoadError::Invalid(ConfigErrors::one(ConfigError {
                 path: path.to_path_buf(),
                 line: 1,
                 column: 1,
                 message: format!("the file is not valid UTF-8 ({err})"),
-            }]))
+            }))
         })?;
         compile(path, source).map_err(LoadError::Invalid)
     }
@@ -192,6 +220,48 @@ fn who_else_can_change(path: &Path, file: &MapFile) -> Option<String> {
         }
     }
     None
+}
+
+/// What kind of file `kind` is, for the error that refuses it.
+fn kind_of(kind: &std::fs::FileType) -> &'static str {
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "of an unknown kind"
+    }
+}
+
+/// Opening a Unix socket fails with ENXIO ("No such device or address"), which names neither
+/// the socket nor the cure; say what the path is instead.
+fn explain_open_error(path: &Path, err: std::io::Error) -> std::io::Error {
+    if err.raw_os_error() != Some(nix::libc::ENXIO) {
+        return err;
+    }
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.file_type().is_file() => std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("it is {}, not a regular file", kind_of(&meta.file_type())),
+        ),
+        _ => err,
+    }
+}
+
+fn too_large() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!(
+            "it is larger than the limit of {} MiB ({MAX_MAP_BYTES} bytes)",
+            MAX_MAP_BYTES / (1024 * 1024)
+        ),
+    )
 }
 
 fn version_of(digest: &[u8; 32]) -> Arc<str> {
@@ -262,5 +332,92 @@ mod tests {
         let version = version_of(&Sha256::digest(b"reflexes: {}\n").into());
         assert_eq!(version.len(), VERSION_HEX_CHARS);
         assert!(version.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    /// `MapFile::read` on another thread, failing the test (instead of hanging it) when the read
+    /// does not return within a few seconds.
+    fn read_within_deadline(path: &Path) -> Result<MapFile, LoadError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = path.to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(MapFile::read(&path));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("MapFile::read blocked")
+    }
+
+    fn read_error(path: &Path) -> String {
+        match read_within_deadline(path) {
+            Ok(_) => panic!("{} was read", path.display()),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("map.yml");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert_eq!(
+            read_error(&path),
+            format!(
+                "{}: cannot read the reflex map: it is a FIFO (named pipe), not a regular file",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn a_symlink_to_a_device_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("map.yml");
+        std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+        assert!(
+            read_error(&path).ends_with("it is a character device, not a regular file"),
+            "{}",
+            read_error(&path)
+        );
+    }
+
+    #[test]
+    fn a_directory_and_a_socket_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("map.yml");
+        std::fs::create_dir(&path).unwrap();
+        assert!(read_error(&path).ends_with("it is a directory, not a regular file"));
+        let socket = dir.path().join("socket.yml");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        assert!(read_error(&socket).ends_with("it is a socket, not a regular file"));
+    }
+
+    #[test]
+    fn a_symlink_to_a_regular_file_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("target.yml"), "reflexes: {}\n").unwrap();
+        let path = dir.path().join("map.yml");
+        std::os::unix::fs::symlink("target.yml", &path).unwrap();
+        let file = read_within_deadline(&path).unwrap();
+        assert_eq!(file.bytes, b"reflexes: {}\n");
+    }
+
+    #[test]
+    fn files_over_the_limit_are_refused_before_parsing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("map.yml");
+        // Sparse files: the size is what counts, and a test need not write 32 MiB.
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(MAX_MAP_BYTES).unwrap();
+        assert_eq!(
+            read_within_deadline(&path).unwrap().bytes.len() as u64,
+            MAX_MAP_BYTES
+        );
+        file.set_len(MAX_MAP_BYTES + 1).unwrap();
+        assert_eq!(
+            read_error(&path),
+            format!(
+                "{}: cannot read the reflex map: it is larger than the limit of 32 MiB (33554432 bytes)",
+                path.display()
+            )
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The reflex map (SPEC §3): `reflex_map.yml` from its bytes to the `ReflexMap` every dispatch
 //! reads, and the handle that holds the generation in force.
 //!
+//! - `budget`: the alias expansion limit every parse runs under;
 //! - `schema`: the raw serde types, with every check on a single value (so serde_yaml attaches
 //!   the line and column);
 //! - `compile`: whole-file checks and the compiled `ReflexMap`;
@@ -12,6 +13,7 @@
 //! The map knows no HTTP, no watcher and no log: `reload` decides when to load, and `dispatch`
 //! reads the handle.
 
+mod budget;
 mod compile;
 mod conditions;
 mod load;
@@ -68,19 +70,62 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// Every problem found in one reflex map, in file order; never empty.
+/// How many errors a rejected map lists with their positions (SPEC §8); the rest are counted.
+pub const MAX_LISTED_ERRORS: usize = 100;
+
+/// Every problem found in one reflex map, in the order found; never empty. The first
+/// `MAX_LISTED_ERRORS` are listed with their positions, and the rest only counted, so a file
+/// with 50,000 errors reads as a screenful and a line `… and N more errors`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
+pub struct ConfigErrors {
+    listed: Vec<ConfigError>,
+    more: usize,
+}
+
+impl ConfigErrors {
+    /// The errors `listed` (at most `MAX_LISTED_ERRORS` of them are kept) and `more` found past
+    /// them; `None` when there is none.
+    pub fn new(mut listed: Vec<ConfigError>, more: usize) -> Option<ConfigErrors> {
+        if listed.is_empty() {
+            return None;
+        }
+        let more = more + listed.len().saturating_sub(MAX_LISTED_ERRORS);
+        listed.truncate(MAX_LISTED_ERRORS);
+        Some(ConfigErrors { listed, more })
+    }
+
+    /// A map with a single problem, such as a YAML syntax error.
+    pub fn one(error: ConfigError) -> ConfigErrors {
+        ConfigErrors {
+            listed: vec![error],
+            more: 0,
+        }
+    }
+
+    /// The errors listed with their positions, at most `MAX_LISTED_ERRORS`.
+    pub fn listed(&self) -> &[ConfigError] {
+        &self.listed
+    }
+
+    /// How many errors were found past those listed.
+    pub fn more(&self) -> usize {
+        self.more
+    }
+}
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, error) in self.0.iter().enumerate() {
+        for (i, error) in self.listed.iter().enumerate() {
             if i > 0 {
                 f.write_str("\n")?;
             }
             write!(f, "{error}")?;
         }
-        Ok(())
+        match self.more {
+            0 => Ok(()),
+            1 => f.write_str("\n… and 1 more error"),
+            more => write!(f, "\n… and {more} more errors"),
+        }
     }
 }
 

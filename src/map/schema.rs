@@ -169,13 +169,13 @@ impl TryFrom<RawWorkflowFields> for RawWorkflow {
             }
             (Some(exec), None) => Action::Exec(ExecAction {
                 command: exec.command.0,
-                timeout: exec.timeout.map_or(DEFAULT_EXEC_TIMEOUT, |d| d.0),
+                timeout: exec.timeout.map_or(DEFAULT_EXEC_TIMEOUT, |t| t.0),
             }),
             (None, Some(hook)) => Action::Webhook(WebhookAction {
                 shown_url: redact_url(&hook.url.0),
                 url: hook.url.0,
-                timeout: hook.timeout.map_or(DEFAULT_WEBHOOK_TIMEOUT, |d| d.0),
-                retries: hook.retries.unwrap_or(DEFAULT_WEBHOOK_RETRIES),
+                timeout: hook.timeout.map_or(DEFAULT_WEBHOOK_TIMEOUT, |t| t.0),
+                retries: hook.retries.map_or(DEFAULT_WEBHOOK_RETRIES, |r| r.0),
                 headers: hook.headers.0,
             }),
             (None, None) => Action::Log,
@@ -198,8 +198,8 @@ struct RawExec {
     /// The program and its arguments. `{{anomaly}}`, `{{workflow}}`, `{{action_id}}`,
     /// `{{details.KEY}}` and `{{params.KEY}}` expand inside one argument and never split it.
     command: Argv,
-    /// Kill the command's whole process group after this long (default 30s).
-    timeout: Option<DurationValue>,
+    /// Kill the command's whole process group after this long (default 30s; 10ms to 1h).
+    timeout: Option<Timeout>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -208,10 +208,11 @@ struct RawExec {
 struct RawWebhook {
     /// Where to POST `{anomaly, details, workflow, params, action_id, received_at, host}`.
     url: WebhookUrl,
-    /// How long each attempt may take (default 5s).
-    timeout: Option<DurationValue>,
-    /// Retries after a timeout, a 5xx or a connection error, with backoff (default 2).
-    retries: Option<u32>,
+    /// How long each attempt may take (default 5s; 10ms to 1h).
+    timeout: Option<Timeout>,
+    /// Retries after a timeout, a 5xx or a connection error, with backoff (default 2, at most
+    /// 10).
+    retries: Option<Retries>,
     /// Extra request headers; values may hold `{{...}}` templates.
     #[serde(default)]
     headers: Headers,
@@ -510,6 +511,55 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         ));
     }
     Ok(duration)
+}
+
+/// The shortest timeout accepted: below it, an action would time out before a process starts or
+/// a connection opens.
+const MIN_TIMEOUT: Duration = Duration::from_millis(10);
+/// The longest timeout accepted: an action held longer holds its workflow's in-flight slot, and
+/// its finished record, for longer than anyone waits for a repair.
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The most webhook retries accepted: with its backoff (doubling from 250 ms, capped at 10 s), 10
+/// retries already wait about a minute between attempts; more would only hold the in-flight slot.
+const MAX_WEBHOOK_RETRIES: u32 = 10;
+
+/// An `exec.timeout` or `webhook.timeout`: a duration from `MIN_TIMEOUT` to `MAX_TIMEOUT`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "String")]
+struct Timeout(Duration);
+
+impl TryFrom<String> for Timeout {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        let timeout = parse_duration(&text)?;
+        let out_of_range = if timeout < MIN_TIMEOUT {
+            "shorter than 10ms"
+        } else if timeout > MAX_TIMEOUT {
+            "longer than 1h"
+        } else {
+            return Ok(Timeout(timeout));
+        };
+        Err(format!(
+            "timeout `{text}` is {out_of_range}: give one from 10ms to 1h"
+        ))
+    }
+}
+
+/// A webhook's `retries`: at most `MAX_WEBHOOK_RETRIES`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "u64")]
+struct Retries(u32);
+
+impl TryFrom<u64> for Retries {
+    type Error = String;
+    fn try_from(retries: u64) -> Result<Self, String> {
+        match u32::try_from(retries) {
+            Ok(retries) if retries <= MAX_WEBHOOK_RETRIES => Ok(Retries(retries)),
+            _ => Err(format!(
+                "`retries` is {retries}: give at most {MAX_WEBHOOK_RETRIES}"
+            )),
+        }
+    }
 }
 
 /// A non-empty argv list whose program is not empty, each element a template.

@@ -7,9 +7,10 @@
 //! where a string is expected and a number is natural (argv elements, header values) the schema
 //! accepts numbers and booleans too: no red squiggle under `command: [sleep, 5]`, which loads.
 //!
-//! Left to the daemon's own message (`autohealer check`): the year limit on durations, the
-//! names inside `{{...}}` placeholders, the syntax of a `matches` regular expression, and the
-//! whole-file checks of `compile` (undeclared workflows, keys given twice).
+//! Left to the daemon's own message (`autohealer check`): the year limit on durations and the
+//! 10ms-1h range of timeouts, the names inside `{{...}}` placeholders, the syntax of a `matches`
+//! regular expression, and the whole-file checks of `compile` (undeclared workflows, keys given
+//! twice).
 
 use std::borrow::Cow;
 
@@ -19,7 +20,8 @@ use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use super::super::conditions::When;
 use super::super::{Budget, MAX_BUDGET_ACTIONS};
 use super::{Argv, DistinctMap, DurationValue, Headers, KeyTemplate, RawCase, RawCaseLong};
-use super::{RawFile, RawReflex, RawWorkflow, RawWorkflowFields, VerifyWindow, WebhookUrl};
+use super::{RawFile, RawReflex, RawWorkflow, RawWorkflowFields, Retries, Timeout};
+use super::{VerifyWindow, WebhookUrl, MAX_WEBHOOK_RETRIES};
 
 /// A duration as `parse_duration` (humantime) reads it: one or more `<number><unit>` with an
 /// optional fraction, or a bare `0`. The year limit is left to the daemon's message.
@@ -187,6 +189,31 @@ impl JsonSchema for VerifyWindow {
 
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         positive_duration("A duration longer than 0s, such as 10m: how long after an ok finish a recurrence of the same key means the remedy did not hold.")
+    }
+}
+
+impl JsonSchema for Timeout {
+    fn schema_name() -> Cow<'static, str> {
+        "Timeout".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        // The range is left to the daemon's message; zero, at least, is refused here too.
+        positive_duration("A duration from 10ms to 1h, such as 30s.")
+    }
+}
+
+impl JsonSchema for Retries {
+    fn schema_name() -> Cow<'static, str> {
+        "Retries".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "integer",
+            "minimum": 0,
+            "maximum": MAX_WEBHOOK_RETRIES,
+        })
     }
 }
 
@@ -386,6 +413,12 @@ mod tests {
             ("reflexes: {a: {workflow: w, verify: 5}}", false),
             ("reflexes: {a: {workflow: w, verify: soon}}", false),
             ("reflexes: {a: {workflow: w, escalate: [w]}}", false),
+            // Timeouts from 10ms to 1h (zero is refused by both), retries at most 10.
+            ("reflexes: {a: w}\nworkflows: {w: {exec: {command: [x], timeout: 1h}}}", true),
+            ("reflexes: {a: w}\nworkflows: {w: {exec: {command: [x], timeout: 0}}}", false),
+            ("reflexes: {a: w}\nworkflows: {w: {exec: {command: [x], timeout: 0s}}}", false),
+            ("reflexes: {a: w}\nworkflows: {w: {webhook: {url: \"http://h/x\", retries: 10}}}", true),
+            ("reflexes: {a: w}\nworkflows: {w: {webhook: {url: \"http://h/x\", retries: 11}}}", false),
             // `limits.actions`.
             ("limits: {actions: {max: 20, within: 1m}}\nreflexes: {a: w}\n", true),
             ("limits: {actions: {max: 100000, within: 1h}}\nreflexes: {a: w}\n", true),
