@@ -62,7 +62,7 @@ impl From<anyhow::Error> for AppError {
 
 /// Runs the daemon until SIGTERM or SIGINT, with what systemd handed the process in `host`.
 pub fn run(args: RunArgs, log: Logger, host: HostEnv) -> Result<(), AppError> {
-    let initial = map::load(&args.config, 1).map_err(AppError::Config)?;
+    let initial = map::load(&args.map.config, 1).map_err(AppError::Config)?;
     let token = match &args.token_file {
         Some(path) => {
             let token = TokenFile::load(path).map_err(AppError::Token)?;
@@ -136,7 +136,7 @@ async fn serve(
     records::map_loaded(&log, &initial, Trigger::Startup);
     let map = Arc::new(ArcSwap::from_pointee(initial));
     let (reload_tx, reload_rx) = mpsc::channel();
-    let mut reloader = Reloader::new(args.config.clone(), map.clone(), log.clone())
+    let mut reloader = Reloader::new(args.map.config.clone(), map.clone(), log.clone())
         .with_notifier(notifier.clone())
         .with_token(token.clone());
     // Without a watcher the daemon still serves and reloads on SIGHUP and POST /-/reload.
@@ -171,7 +171,7 @@ async fn serve(
         log: log.clone(),
         alerts: AlertReceiver::new(ALERT_MEMORY_ENTRIES),
     });
-    records::listening(&log, addr, &args.config, activated);
+    records::listening(&log, addr, &args.map.config, activated);
     if token.is_none() && !addr.ip().is_loopback() {
         records::listening_without_token(&log, addr);
     }

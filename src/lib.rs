@@ -11,12 +11,13 @@
 //! - `log`: one function per log record (`log::records`), the JSON and term formats, the
 //!   queue to stderr and the audit file.
 //! - `auth`: the bearer token file, for the HTTP front, `send` and the reloader.
-//! - `host`: the service manager — systemd's notify protocol and socket activation.
+//! - `host`: the service manager — systemd's notify protocol, socket activation, and whether
+//!   stderr is the journal.
 //! - `dispatch`: one snapshot of the map → match → rails → action; the anomaly answer and the
 //!   history of recent actions.
 //! - `reload`: the `Reloader`, sole writer of the map handle, and the file watcher.
 //! - `http`: the API — accept loop, connection slots, routes, Alertmanager's webhook.
-//! - `cli`: the command line, and the `check` and `send` subcommands.
+//! - `cli`: the command line: `check`, `send`, `explain`, `schema`, `completions`, `man`.
 //! - `app`: the daemon's life — startup order, signals, shutdown order.
 //!
 //! The binary (`main.rs`) only parses the command line and maps errors to exit codes; the library

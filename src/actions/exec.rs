@@ -48,8 +48,8 @@ fn withheld() -> &'static [OsString] {
 
 /// Expands the argv templates; the error is the action's failure reason. An argument that
 /// would hand the program caller text as an option fails the action before anything runs (and
-/// a dry run reports the same failure).
-fn expand_argv(exec: &ExecAction, run: &ActionRun) -> Result<Vec<String>, String> {
+/// a dry run, or `autohealer explain`, reports the same failure).
+pub fn expand_argv(exec: &ExecAction, run: &ActionRun) -> Result<Vec<String>, String> {
     let context = run.template_context();
     exec.command
         .iter()

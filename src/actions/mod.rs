@@ -17,7 +17,8 @@ use uuid::Uuid;
 use crate::anomaly::{Details, JsonObject, Source};
 use crate::map::{Action, TemplateContext, Workflow};
 
-pub use exec::withhold_variables;
+pub use exec::{expand_argv, withhold_variables};
+pub use webhook::{request_body, request_headers};
 
 /// Everything one healing action needs, fixed when it is dispatched.
 #[derive(Debug, Clone)]

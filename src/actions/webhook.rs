@@ -46,7 +46,8 @@ fn host() -> &'static str {
     })
 }
 
-fn headers(hook: &WebhookAction, run: &ActionRun) -> Result<HeaderMap, String> {
+/// The request's extra headers, expanded; the error is the action's failure reason.
+pub fn request_headers(hook: &WebhookAction, run: &ActionRun) -> Result<HeaderMap, String> {
     let context = run.template_context();
     let mut headers = HeaderMap::new();
     for header in hook.headers.values() {
@@ -61,7 +62,7 @@ fn headers(hook: &WebhookAction, run: &ActionRun) -> Result<HeaderMap, String> {
 
 /// Reports what would be posted, without posting it.
 pub fn dry_run(hook: &WebhookAction, run: &ActionRun) -> ActionReport {
-    ActionReport::dry_run(headers(hook, run).map(|_| format!("POST {}", hook.shown_url)))
+    ActionReport::dry_run(request_headers(hook, run).map(|_| format!("POST {}", hook.shown_url)))
 }
 
 /// The JSON body of every webhook request (SPEC §3), from borrowed parts.
@@ -76,19 +77,8 @@ struct Body<'a> {
     workflow: &'a str,
 }
 
-/// Posts the anomaly, retrying as configured, until success, a final failure or shutdown.
-pub async fn run(
-    hook: &WebhookAction,
-    run: &ActionRun,
-    cancel: &CancellationToken,
-) -> ActionReport {
-    let started = Instant::now();
-    let prepared = client().and_then(|client| Ok((client, headers(hook, run)?)));
-    let (client, headers) = match prepared {
-        Ok(prepared) => prepared,
-        Err(err) => return ActionReport::failed(started.elapsed(), err),
-    };
-    // Written once for every attempt; the details go in as the text they arrived as.
+/// The JSON body every attempt sends for `run`; the details go in as the text they arrived as.
+pub fn request_body(run: &ActionRun) -> Bytes {
     let body = Body {
         action_id: run.action_id,
         anomaly: &run.anomaly,
@@ -98,7 +88,24 @@ pub async fn run(
         received_at: humantime::format_rfc3339_millis(run.received_at).to_string(),
         workflow: &run.workflow.name,
     };
-    let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+    // Borrowed strings and JSON objects: serializing into memory cannot fail.
+    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+}
+
+/// Posts the anomaly, retrying as configured, until success, a final failure or shutdown.
+pub async fn run(
+    hook: &WebhookAction,
+    run: &ActionRun,
+    cancel: &CancellationToken,
+) -> ActionReport {
+    let started = Instant::now();
+    let prepared = client().and_then(|client| Ok((client, request_headers(hook, run)?)));
+    let (client, headers) = match prepared {
+        Ok(prepared) => prepared,
+        Err(err) => return ActionReport::failed(started.elapsed(), err),
+    };
+    // Written once for every attempt.
+    let body = request_body(run);
 
     let mut http_status = None;
     let mut last = (Outcome::Failed, String::new());

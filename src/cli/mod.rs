@@ -1,11 +1,15 @@
-//! The command line (SPEC §1): `run` (the default), `check` and `send`, each subcommand's work in
-//! a file of its own.
+//! The command line (SPEC §1, §10): `run` (the default), `check`, `send`, and the tools for the
+//! people who edit the map (`explain`, `schema`, `completions`, `man`), each subcommand's work in a file of its own.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod check;
+pub mod completions;
+pub mod explain;
+pub mod man;
+pub mod schema;
 pub mod send;
 
 use clap::{Args, Parser, Subcommand};
@@ -21,10 +25,14 @@ pub struct Cli {
 }
 
 /// Words that name a subcommand or ask clap for help, so `run` is not put in front of them.
-const NOT_RUN: [&str; 9] = [
+const NOT_RUN: [&str; 13] = [
     "run",
     "check",
     "send",
+    "explain",
+    "schema",
+    "completions",
+    "man",
     "help",
     "--help",
     "-h",
@@ -67,19 +75,37 @@ pub enum Command {
     /// Post an anomaly to a running daemon (for shell monitors and cron); exit 0 when the daemon
     /// accepted it, 1 when it rejected it or could not be reached.
     Send(SendArgs),
+    /// Show, offline, what the map on disk would do with an anomaly: the reflex that matches
+    /// and why, the rails that apply, and the exact argv or webhook request; exit 0 when a
+    /// reflex matches, 1 when none does or the map is invalid.
+    Explain(ExplainArgs),
+    /// Print the JSON Schema (draft 2020-12) of reflex_map.yml, for editors and linters.
+    Schema,
+    /// Print a shell completion script: `source <(autohealer completions bash)`.
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff): `autohealer man | man -l -`.
+    Man(ManArgs),
+}
+
+/// `-c, --config FILE`: the reflex map `run` loads and watches, and `explain` consults.
+#[derive(Debug, Clone, Args)]
+pub struct MapArg {
+    /// The reflex map.
+    #[arg(
+        short,
+        long,
+        value_name = "FILE",
+        env = "AUTOHEALER_CONFIG",
+        default_value = "reflex_map.yml"
+    )]
+    pub config: PathBuf,
 }
 
 /// Options of the daemon.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// The reflex map to load and watch.
-    #[arg(
-        short,
-        long,
-        env = "AUTOHEALER_CONFIG",
-        default_value = "reflex_map.yml"
-    )]
-    pub config: PathBuf,
+    #[command(flatten)]
+    pub map: MapArg,
     /// Address to listen on.
     #[arg(
         short,
@@ -145,6 +171,39 @@ pub struct SendArgs {
     pub token_file: Option<PathBuf>,
 }
 
+/// Options of `explain`.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The anomaly's name, e.g. nginx.web1.down.
+    pub name: String,
+    /// Details of the anomaly, as for `send`: a VALUE that parses as JSON is that JSON, any
+    /// other VALUE a string.
+    #[arg(value_name = "KEY=VALUE", value_parser = send::parse_detail)]
+    pub details: Vec<(String, serde_json::Value)>,
+    #[command(flatten)]
+    pub map: MapArg,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: completions::Shell,
+}
+
+/// Options of `man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Instead of printing autohealer(1), write it and one page per subcommand
+    /// (autohealer-run(1), ...) into DIR, as a package installs them.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
 fn parse_url(text: &str) -> Result<reqwest::Url, String> {
     let url = reqwest::Url::parse(text)
         .map_err(|err| format!("{err} (write e.g. http://127.0.0.1:8000)"))?;
@@ -179,7 +238,7 @@ mod tests {
         let cli = parse(["autohealer", "--config", "x.yml", "--dry-run"]).unwrap();
         match cli.into_command() {
             Command::Run(args) => {
-                assert_eq!(args.config, PathBuf::from("x.yml"));
+                assert_eq!(args.map.config, PathBuf::from("x.yml"));
                 assert!(args.dry_run);
                 assert_eq!(args.shutdown_timeout, Duration::from_secs(30));
                 // SPEC §6: a client has 10 s to send its header.
@@ -251,6 +310,27 @@ mod tests {
                 .unwrap()
                 .into_command(),
             Command::Run(_)
+        ));
+    }
+
+    #[test]
+    fn every_subcommand_is_named_in_not_run() {
+        use clap::CommandFactory;
+        // Otherwise `autohealer NAME` would parse as `autohealer run NAME` and fail.
+        for sub in Cli::command().get_subcommands() {
+            assert!(NOT_RUN.contains(&sub.get_name()), "{}", sub.get_name());
+        }
+        assert!(matches!(
+            parse(["autohealer", "completions", "zsh"])
+                .unwrap()
+                .into_command(),
+            Command::Completions(CompletionsArgs {
+                shell: completions::Shell::Zsh
+            })
+        ));
+        assert!(matches!(
+            parse(["autohealer", "man"]).unwrap().into_command(),
+            Command::Man(ManArgs { dir: None })
         ));
     }
 

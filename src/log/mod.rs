@@ -1,12 +1,14 @@
 //! The log (SPEC §5): `records` (one function per record), the slog pipeline to stderr built
 //! here, `json` (the JSON line format), `queue` (the log thread that writes JSON lines in
-//! batches), `term` (the term format's escaping) and `audit` (the audit file).
+//! batches), `term` (the term format's escaping), `journal` (the `<N>` priority prefix) and
+//! `audit` (the audit file).
 //!
 //! The slog pipeline, to stderr. JSON: each record is formatted on the thread that logs it and
 //! written in batches by `queue`'s thread, which filters by level itself. Term: slog-async, which
 //! blocks rather than drops, with the level filter in front of it so filtered records never
 //! cross its channel. With `--audit-log`, healing-action records are also appended to a file as
-//! JSON lines, by `queue`'s thread in both formats.
+//! JSON lines, by `queue`'s thread in both formats. Under the journal, each stderr line starts
+//! with its priority (`journal`); the audit file's never do.
 
 use std::io::{self, IsTerminal};
 use std::path::Path;
@@ -17,6 +19,7 @@ use slog::{o, Drain, Logger};
 mod audit;
 #[cfg(test)]
 mod captured;
+pub mod journal;
 pub mod json;
 mod queue;
 pub mod records;
@@ -47,10 +50,12 @@ pub enum LogGuard {
 }
 
 /// Builds the daemon's root logger. `format` defaults to term on a terminal and JSON otherwise.
+/// `journal`: stderr is the journal, so each line there starts with its priority (`journal`).
 pub fn init(
     format: Option<LogFormat>,
     level: slog::Level,
     audit_log: Option<&Path>,
+    journal: bool,
 ) -> io::Result<(Logger, LogGuard)> {
     let format = format.unwrap_or(if io::stderr().is_terminal() {
         LogFormat::Term
@@ -68,12 +73,17 @@ pub fn init(
                 stderr: Some((io::stderr(), level)),
                 audit,
                 reports: None,
+                journal,
             })?;
             (Logger::root(drain, o!()), LogGuard::Json(guard))
         }
         LogFormat::Term => {
             // Escaped, so no value can start a line of its own (SPEC §8).
-            let decorator = term::Escaping(slog_term::TermDecorator::new().stderr().build());
+            // Under the journal, each line starts with its priority, outside the escaping.
+            let decorator = journal::Prioritized {
+                inner: term::Escaping(slog_term::TermDecorator::new().stderr().build()),
+                prioritized: journal,
+            };
             let formatter = slog_term::FullFormat::new(decorator).build().ignore_res();
             let (async_drain, async_guard) = slog_async::Async::new(formatter)
                 .chan_size(LOG_CHANNEL_RECORDS)
@@ -97,6 +107,8 @@ pub fn init(
                         stderr: None::<(io::Stderr, slog::Level)>,
                         audit: Some(audit),
                         reports: Some(Logger::root(stderr.clone(), o!())),
+                        // Not stderr: the queue writes only the audit log here.
+                        journal: false,
                     })?;
                     let both = slog::Duplicate::new(stderr, audit_drain).ignore_res();
                     // What neither side keeps is dropped once, before either looks at it.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use slog::{o, Drain, Logger};
 
 use super::audit::{Audit, Target};
-use super::{json, records};
+use super::{journal, json, records};
 
 /// Bytes a batch holds before a logging thread blocks until the log thread has taken it.
 const BATCH_LIMIT_BYTES: usize = 4 * 1024 * 1024;
@@ -115,6 +115,9 @@ pub struct Outputs<E, T> {
     /// stderr. The log thread cannot log through the queue as others do: it would wait for room
     /// only it can make.
     pub reports: Option<Logger>,
+    /// stderr is the journal: each stderr line starts with its priority (`journal`); the audit
+    /// log's lines never do.
+    pub journal: bool,
 }
 
 /// A slog drain that formats JSON records in place and adds them to the batch.
@@ -124,6 +127,8 @@ pub struct QueuedJson {
     stderr_level: Option<slog::Level>,
     /// Whether healing-action records (`records::is_audit`) are also written to the audit log.
     audit: bool,
+    /// stderr is the journal: each stderr line starts with its priority (`journal`).
+    journal: bool,
 }
 
 /// Flushes the queue when dropped: every record logged before is written, and the audit log
@@ -173,6 +178,7 @@ where
         stderr,
         audit,
         reports,
+        journal,
     } = outputs;
     let stderr_level = stderr.as_ref().map(|(_, level)| *level);
     let reports = match (reports, stderr_level) {
@@ -181,6 +187,7 @@ where
             OwnRecords {
                 shared: shared.clone(),
                 stderr_level,
+                journal,
             },
             o!(),
         ),
@@ -190,6 +197,7 @@ where
         shared: shared.clone(),
         stderr_level,
         audit: audit.is_some(),
+        journal,
     };
     let for_thread = shared.clone();
     std::thread::Builder::new()
@@ -217,6 +225,7 @@ impl Drain for QueuedJson {
         if !to_stderr && !to_audit {
             return Ok(());
         }
+        let prefix = journal::line_prefix(self.journal, record.level());
         json::with_line(record, values, |line| {
             let mut batch = self.shared.lock();
             while batch.bytes() >= BATCH_LIMIT_BYTES && !batch.stopped {
@@ -227,11 +236,12 @@ impl Drain for QueuedJson {
                 // the record (the audit file went with the thread).
                 drop(batch);
                 if to_stderr {
-                    let _ = io::stderr().write_all(line);
+                    let _ = io::stderr().write_all(&[prefix, line].concat());
                 }
                 return;
             }
             if to_stderr {
+                batch.stderr.extend_from_slice(prefix);
                 batch.stderr.extend_from_slice(line);
             }
             if to_audit {
@@ -254,6 +264,8 @@ impl Drain for QueuedJson {
 struct OwnRecords {
     shared: Arc<Shared>,
     stderr_level: slog::Level,
+    /// stderr is the journal: each line starts with its priority (`journal`).
+    journal: bool,
 }
 
 impl Drain for OwnRecords {
@@ -264,6 +276,9 @@ impl Drain for OwnRecords {
         if record.level().is_at_least(self.stderr_level) {
             json::with_line(record, values, |line| {
                 let mut batch = self.shared.lock();
+                batch
+                    .stderr
+                    .extend_from_slice(journal::line_prefix(self.journal, record.level()));
                 batch.stderr.extend_from_slice(line);
                 batch.appended += 1;
             });
@@ -384,6 +399,7 @@ mod tests {
             stderr: Some((stderr, level)),
             audit: audit.map(|audit| Audit::new(audit, Path::new("audit.log"))),
             reports: None,
+            journal: false,
         })
         .unwrap()
     }
@@ -550,6 +566,19 @@ mod tests {
         written: Captured,
     }
 
+    impl Full {
+        /// A failing target, the switch that heals it, and what it holds once healed.
+        fn failing() -> (Full, Arc<std::sync::atomic::AtomicBool>, Captured) {
+            let healed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let written = Captured::default();
+            let full = Full {
+                healed: healed.clone(),
+                written: written.clone(),
+            };
+            (full, healed, written)
+        }
+    }
+
     impl Target for Full {
         fn append(&mut self, lines: &[u8]) -> io::Result<()> {
             if !self.healed.load(Ordering::SeqCst) {
@@ -563,14 +592,65 @@ mod tests {
     }
 
     #[test]
+    fn under_the_journal_every_stderr_line_starts_with_its_priority_and_no_audit_line_does() {
+        let stderr = Captured::default();
+        let (full, healed, audited) = Full::failing();
+        let (drain, guard) = start(Outputs {
+            stderr: Some((stderr.clone(), slog::Level::Info)),
+            audit: Some(Audit::new(full, Path::new("audit.log"))),
+            reports: None,
+            journal: true,
+        })
+        .unwrap();
+        let log = slog::Logger::root(drain.fuse(), slog::o!());
+        slog::info!(log, "plain");
+        slog::crit!(log, #"audit", "healing action triggered");
+        // The log thread's own records (the audit log failing, then recovering) too.
+        wait_until("the failure on stderr", || {
+            stderr.text().contains("audit log write failed")
+        });
+        healed.store(true, Ordering::SeqCst);
+        slog::warn!(log, #"audit", "healing action suppressed");
+        drop(guard);
+        // The recovery is the log thread's own record, about the write the flush waited for:
+        // it follows with the thread's next batch.
+        wait_until("the recovery on stderr", || {
+            stderr.text().contains("audit log recovered")
+        });
+        let text = stderr.text();
+        let mut messages = Vec::new();
+        for line in text.lines() {
+            let (prefix, json) = line.split_at(line.find('{').unwrap());
+            let record: serde_json::Value = serde_json::from_str(json).unwrap();
+            let level = match record["level"].as_str().unwrap() {
+                "CRIT" => slog::Level::Critical,
+                "ERRO" => slog::Level::Error,
+                "WARN" => slog::Level::Warning,
+                "INFO" => slog::Level::Info,
+                other => panic!("level {other}"),
+            };
+            assert_eq!(prefix.as_bytes(), journal::priority_prefix(level), "{line}");
+            messages.push(record["msg"].as_str().unwrap().to_string());
+        }
+        for expected in [
+            "plain",
+            "healing action triggered",
+            "audit log write failed",
+            "audit log recovered",
+            "healing action suppressed",
+        ] {
+            assert!(messages.iter().any(|m| m == expected), "{expected}: {text}");
+        }
+        // Plain JSON lines, or `lines` could not parse them.
+        let audited = audited.lines();
+        assert_eq!(audited.len(), 1);
+        assert_eq!(audited[0]["msg"], "healing action suppressed");
+    }
+
+    #[test]
     fn a_failing_audit_log_is_reported_on_stderr_which_still_gets_every_record() {
         let stderr = Captured::default();
-        let healed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let full = Full {
-            healed: healed.clone(),
-            written: Captured::default(),
-        };
-        let written = full.written.clone();
+        let (full, healed, written) = Full::failing();
         let (drain, guard) = start_on(stderr.clone(), slog::Level::Info, Some(full));
         let log = slog::Logger::root(drain.fuse(), slog::o!());
         // Batches big enough to fill the queue: the log thread's own record must not wait for

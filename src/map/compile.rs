@@ -934,6 +934,44 @@ reflexes:
     }
 
     #[test]
+    fn select_observed_tells_every_case_tried_in_order() {
+        let map = compile_str(CASES).unwrap();
+        let tried = |name: &str, details: serde_json::Value| {
+            let details =
+                crate::anomaly::Details::from_object(details.as_object().unwrap().clone());
+            let mut tried = Vec::new();
+            let selected = map.select_observed(name, &details, |t| {
+                tried.push((t.reflex.key.to_string(), t.index, t.held));
+            });
+            let taken = selected.map(|s| (s.reflex.key.to_string(), s.case.workflow.clone()));
+            (tried, taken)
+        };
+        let key = |text: &str| text.to_string();
+        let (trail, taken) = tried("disk.sda.full", json!({"mount": "/var", "percent": 90}));
+        assert_eq!(
+            trail,
+            [
+                (key("disk.sda.full"), 0, false),
+                (key("disk.*.full"), 0, false),
+                (key("disk.*.full"), 1, false),
+                (key("disk.**"), 0, true),
+            ]
+        );
+        assert_eq!(taken, Some((key("disk.**"), key("page"))));
+        // The first case that holds ends the walk.
+        let (trail, _) = tried("disk.sda.full", json!({"mount": "/var", "percent": 97}));
+        assert_eq!(
+            trail,
+            [
+                (key("disk.sda.full"), 0, false),
+                (key("disk.*.full"), 0, true)
+            ]
+        );
+        let (trail, taken) = tried("cpu.hot", json!({}));
+        assert_eq!((trail, taken), (vec![], None));
+    }
+
+    #[test]
     fn when_no_case_holds_the_anomaly_is_unmatched() {
         let map = compile_str(
             "workflows: {page: {}}\nreflexes:\n  'a.*':\n    - when: {details.n: {gt: 5}}\n      workflow: page\n",

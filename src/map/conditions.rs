@@ -71,12 +71,45 @@ enum Found<'a> {
     Json(&'a Value),
 }
 
+/// One condition of a `when` judged for one anomaly, for `autohealer explain`: the field, its
+/// operators as `GET /reflexes` shows them, the value the anomaly has there, and the verdict.
+#[derive(Debug, Serialize)]
+pub struct Judged {
+    pub field: String,
+    pub test: Value,
+    /// `None` (left out of the JSON) when the anomaly has no such field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+    pub held: bool,
+}
+
 impl When {
     /// True when every condition holds for the anomaly `name` with `details`.
     pub fn holds(&self, name: &str, details: &Details) -> bool {
         self.0
             .iter()
             .all(|condition| condition.holds(name, details))
+    }
+
+    /// Every condition judged for the anomaly `name` with `details`, as `holds` judges it.
+    pub fn judge(&self, name: &str, details: &Details) -> Vec<Judged> {
+        self.0
+            .iter()
+            .map(|condition| {
+                let found = condition.find(name, details);
+                Judged {
+                    field: condition.field.to_string(),
+                    // Operands are scalars the map parsed: always JSON.
+                    test: serde_json::to_value(TestsShown(&condition.tests)).unwrap_or(Value::Null),
+                    value: match found {
+                        Found::Missing => None,
+                        Found::Str(text) => Some(Value::String(text.to_string())),
+                        Found::Json(value) => Some(value.clone()),
+                    },
+                    held: condition.holds_for(found),
+                }
+            })
+            .collect()
     }
 
     /// Whether any condition reads the details (the rest read only the name).
@@ -88,10 +121,18 @@ impl When {
 
 impl Condition {
     fn holds(&self, name: &str, details: &Details) -> bool {
-        let found = match &self.field {
+        self.holds_for(self.find(name, details))
+    }
+
+    /// The value this condition looks at in the anomaly `name` with `details`.
+    fn find<'a>(&self, name: &'a str, details: &'a Details) -> Found<'a> {
+        match &self.field {
             Field::Anomaly => Found::Str(name),
             Field::Details(path) => find(details, path),
-        };
+        }
+    }
+
+    fn holds_for(&self, found: Found<'_>) -> bool {
         self.tests.iter().all(|test| test.holds(found))
     }
 }
@@ -668,6 +709,25 @@ mod tests {
             err("{}"),
             "`when` is empty: leave it out for a case that always holds"
         );
+    }
+
+    #[test]
+    fn each_condition_is_judged_with_the_value_it_looked_at() {
+        let when = when("{anomaly: {matches: 'disk\\..*'}, details.fs.used: {gte: 95}, details.mount: /, details.gone: {exists: true}}").unwrap();
+        let details = details(json!({"fs": {"used": 97.5}, "mount": "/var"}));
+        let judged = serde_json::to_value(when.judge("disk.sda.full", &details)).unwrap();
+        assert_eq!(
+            judged,
+            json!([
+                {"field": "anomaly", "test": {"matches": "disk\\..*"}, "value": "disk.sda.full", "held": true},
+                {"field": "details.fs.used", "test": {"gte": 95}, "value": 97.5, "held": true},
+                {"field": "details.mount", "test": {"eq": "/"}, "value": "/var", "held": false},
+                {"field": "details.gone", "test": {"exists": true}, "held": false},
+            ])
+        );
+        // The verdicts are the ones `holds` reaches.
+        let all = when.judge("disk.sda.full", &details).iter().all(|j| j.held);
+        assert_eq!(all, when.holds("disk.sda.full", &details));
     }
 
     #[test]

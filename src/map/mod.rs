@@ -33,10 +33,10 @@ use serde::{Serialize, Serializer};
 use crate::anomaly::{Details, JsonObject};
 
 pub use compile::compile;
-pub use conditions::When;
+pub use conditions::{Judged, When};
 pub use load::{load, watch_dirs, LoadError, LoadedMap, MapFile, MapHandle};
 pub use matcher::{is_pattern, Matcher, Pattern};
-pub use schema::parse_duration;
+pub use schema::{parse_duration, reflex_map_schema};
 pub use template::{Template, TemplateContext};
 
 /// Default `exec.timeout` when a workflow gives none.
@@ -152,8 +152,21 @@ pub struct ReflexMap {
 #[derive(Debug, Clone, Copy)]
 pub struct Selected<'a> {
     pub reflex: &'a Reflex,
+    /// The case's place among the reflex's cases, from 0.
+    pub index: usize,
     pub case: &'a Case,
     pub workflow: &'a Arc<Workflow>,
+}
+
+/// One case `select` tried, in the order it tried them, and whether its `when` held: what
+/// `autohealer explain` reports, seen by the selection itself rather than a copy of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Tried<'a> {
+    pub reflex: &'a Reflex,
+    /// The case's place among the reflex's cases, from 0.
+    pub index: usize,
+    pub case: &'a Case,
+    pub held: bool,
 }
 
 impl ReflexMap {
@@ -162,15 +175,25 @@ impl ReflexMap {
     /// order. A reflex without conditions is decided by its first case, so the usual lookup is
     /// one match and no condition.
     pub fn select(&self, name: &str, details: &Details) -> Option<Selected<'_>> {
+        self.select_observed(name, details, |_| {})
+    }
+
+    /// `select`, telling `observe` of every case it tries, in order, as it tries it.
+    pub fn select_observed<'a>(
+        &'a self,
+        name: &str,
+        details: &Details,
+        mut observe: impl FnMut(Tried<'a>),
+    ) -> Option<Selected<'a>> {
         let first = self.matcher.find(name)?;
         let reflex = &self.reflexes[first];
-        if let Some(selected) = self.take(reflex, name, details) {
+        if let Some(selected) = self.take(reflex, name, details, &mut observe) {
             return Some(selected);
         }
         // Every case's `when` failed: the later candidates, only now looked for.
         let mut after = reflex.is_pattern.then_some(first);
         while let Some(next) = self.matcher.find_pattern_after(name, after) {
-            if let Some(selected) = self.take(&self.reflexes[next], name, details) {
+            if let Some(selected) = self.take(&self.reflexes[next], name, details, &mut observe) {
                 return Some(selected);
             }
             after = Some(next);
@@ -199,15 +222,25 @@ impl ReflexMap {
         reflex: &'a Reflex,
         name: &str,
         details: &Details,
+        observe: &mut impl FnMut(Tried<'a>),
     ) -> Option<Selected<'a>> {
-        let case = reflex.cases().find(|case| {
-            case.when
+        let (index, case) = reflex.cases().enumerate().find(|&(index, case)| {
+            let held = case
+                .when
                 .as_ref()
-                .is_none_or(|when| when.holds(name, details))
+                .is_none_or(|when| when.holds(name, details));
+            observe(Tried {
+                reflex,
+                index,
+                case,
+                held,
+            });
+            held
         })?;
         let (_, workflow) = self.workflows.get_index(case.workflow_index)?;
         Some(Selected {
             reflex,
+            index,
             case,
             workflow,
         })

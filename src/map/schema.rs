@@ -1,6 +1,10 @@
 //! The raw schema of `reflex_map.yml`: serde types that mirror the YAML with
 //! `deny_unknown_fields`. Every check on a single value (duration, pattern, URL, argv) runs here,
 //! during deserialization, so serde_yaml attaches the line and column.
+//!
+//! The same types derive `JsonSchema`, so `autohealer schema` describes exactly what parses
+//! (SPEC §10); the types whose deserialization is hand-written get their schema in
+//! `json_schema`.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -8,6 +12,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use indexmap::IndexMap;
+use schemars::JsonSchema;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
@@ -19,21 +24,41 @@ use super::{
 };
 use crate::anomaly::{validate_name, JsonObject};
 
-#[derive(Debug, Deserialize)]
+mod json_schema;
+pub use json_schema::reflex_map_schema;
+
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(
+    title = "AutoHealer reflex map (reflex_map.yml)",
+    description = "Which corrective workflow answers which anomaly. Unknown keys anywhere are errors."
+)]
 pub(super) struct RawFile {
+    /// Settings that apply to every reflex.
     #[serde(default)]
+    #[schemars(with = "Option<RawDefaults>")]
     pub(super) defaults: RawDefaults,
+    /// Brakes across the whole map.
     #[serde(default)]
+    #[schemars(with = "Option<RawLimits>")]
     pub(super) limits: RawLimits,
     /// `None` when the section is absent: the original format, where every workflow is log-only.
     /// An empty `workflows:` is `Some`: the file has opted in to declaring every workflow.
     #[serde(default, deserialize_with = "declared_section")]
+    #[schemars(
+        with = "DistinctMap<String, RawWorkflow>",
+        description = "Every workflow a reflex names, by name: `{}` (log-only), `exec` or `webhook`, with optional rails. Without this section (the original format) every workflow named is log-only."
+    )]
     pub(super) workflows: Option<DistinctMap<String, RawWorkflow>>,
+    /// Anomaly name or pattern -> one case, or a list of cases tried in order. An exact name
+    /// wins over patterns; otherwise the first pattern in file order that matches. `*` matches
+    /// within one dot-separated segment, `?` one character of a segment, `**` any run including
+    /// dots.
     #[serde(default)]
     pub(super) reflexes: DistinctMap<ReflexKey, RawReflex>,
     /// The original Python AutoHealer's list of exact names.
     #[serde(default)]
+    #[schemars(with = "Option<Vec<RawLegacyEntry>>")]
     pub(super) anomalies: Vec<RawLegacyEntry>,
 }
 
@@ -43,16 +68,22 @@ fn declared_section<'de, D: Deserializer<'de>>(
     DistinctMap::deserialize(deserializer).map(Some)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Defaults")]
 pub(super) struct RawDefaults {
+    /// After a dispatch, the same anomaly name (or `cooldown_key`) is held back for this long
+    /// (default 0s).
     pub(super) cooldown: Option<DurationValue>,
 }
 
 /// `limits:`: brakes across the whole map (SPEC §9 "Budget").
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Limits")]
 pub(super) struct RawLimits {
+    /// At most `max` exec and webhook actions within any `within`, all workflows together
+    /// (log-only actions are free); beyond it actions are suppressed with reason `budget`.
     pub(super) actions: Option<Budget>,
 }
 
@@ -110,12 +141,21 @@ pub(super) struct RawWorkflow {
     pub(super) breaker: Option<Breaker>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(
+    title = "Workflow",
+    description = "What a reflex starts: `{}` (log-only: the CRITICAL record is the action), `exec` or `webhook` (not both), with optional rails.",
+    extend("not" = {"required": ["exec", "webhook"]})
+)]
 struct RawWorkflowFields {
+    /// Run a local command, as an argv list (never through a shell).
     exec: Option<RawExec>,
+    /// POST the anomaly as JSON, e.g. into an n8n workflow.
     webhook: Option<RawWebhook>,
+    /// Runs of this workflow in flight at once (default 1); more are suppressed as `in_flight`.
     max_concurrent: Option<NonZeroU32>,
+    /// Suspend the workflow after `failures` failed runs within `within`.
     breaker: Option<RawBreaker>,
 }
 
@@ -151,27 +191,40 @@ impl TryFrom<RawWorkflowFields> for RawWorkflow {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Exec")]
 struct RawExec {
+    /// The program and its arguments. `{{anomaly}}`, `{{workflow}}`, `{{action_id}}`,
+    /// `{{details.KEY}}` and `{{params.KEY}}` expand inside one argument and never split it.
     command: Argv,
+    /// Kill the command's whole process group after this long (default 30s; 10ms to 1h).
     timeout: Option<Timeout>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Webhook")]
 struct RawWebhook {
+    /// Where to POST `{anomaly, details, workflow, params, action_id, received_at, host}`.
     url: WebhookUrl,
+    /// How long each attempt may take (default 5s; 10ms to 1h).
     timeout: Option<Timeout>,
+    /// Retries after a timeout, a 5xx or a connection error, with backoff (default 2, at most
+    /// 10).
     retries: Option<Retries>,
+    /// Extra request headers; values may hold `{{...}}` templates.
     #[serde(default)]
     headers: Headers,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Breaker")]
 struct RawBreaker {
+    /// Failed or timed-out runs that open the circuit.
     failures: NonZeroU32,
+    /// The window they are counted in, and how long the workflow stays suspended.
     within: DurationValue,
 }
 
@@ -196,16 +249,27 @@ pub(super) struct RawCase {
     pub(super) when: Option<When>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "CaseMapping")]
 struct RawCaseLong {
+    /// The workflow to start, declared under `workflows:`.
     workflow: String,
+    /// Handed to the workflow: `{{params.KEY}}` templates, the webhook body, AUTOHEALER_PARAMS.
     #[serde(default)]
+    #[schemars(with = "Option<JsonObject>")]
     params: JsonObject,
+    /// Hold the same key back for this long after a dispatch (default: `defaults.cooldown`).
     cooldown: Option<DurationValue>,
+    /// What the cooldown and `verify` count by, a template (default `{{anomaly}}`), e.g.
+    /// `{{details.mount}}` for one cooldown per mount; a missing field expands to "".
     cooldown_key: Option<KeyTemplate>,
+    /// After an `ok` finish, the same key arriving again within this long means the remedy did
+    /// not hold: CRIT `healing action not healed`, and the breaker counts a failure.
     verify: Option<VerifyWindow>,
+    /// A workflow dispatched once when the action fails, times out or is not healed.
     escalate: Option<String>,
+    /// Conditions that must all hold for this case to be taken; none: it always holds.
     when: Option<When>,
 }
 
@@ -365,11 +429,15 @@ impl TryFrom<String> for VerifyWindow {
 }
 
 /// An entry of the original format's `anomalies:` list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "LegacyEntry")]
 pub(super) struct RawLegacyEntry {
+    /// An exact anomaly name (`*` and `?` are literal here).
     pub(super) name: LegacyName,
+    /// The workflow to start: log-only unless the file declares `workflows:`.
     pub(super) workflow: String,
+    /// Handed to the workflow, as a reflex's `params` are.
     #[serde(default)]
     pub(super) params: Option<JsonObject>,
 }
@@ -403,7 +471,7 @@ impl ReflexKey {
 }
 
 /// The original format matches exact names only, so `*` and `?` are literal there.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(try_from = "String")]
 pub(super) struct LegacyName(pub(super) String);
 

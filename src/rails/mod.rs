@@ -173,6 +173,7 @@ impl Rails {
             reflex,
             case,
             workflow,
+            ..
         } = selected;
         let mut events = RailEvents::default();
         let mut guard = self.lock();
