@@ -149,10 +149,13 @@ async fn serve(
         cancel_actions.clone(),
         args.dry_run,
     );
-    // Verification windows are judged when they end, with no request needed (SPEC §9).
+    // Verification windows are judged and silences ended when they end, with no request
+    // needed (SPEC §9).
     let sweeper = dispatcher.spawn_sweeper();
     let budget = dispatcher.clone();
     metrics::global().watch_budget(move || budget.budget_remaining());
+    let silences = dispatcher.silences().clone();
+    metrics::global().watch_silences(move || silences.active_count(Instant::now()));
     let state = Arc::new(ServerState {
         dispatcher,
         map,

@@ -5,7 +5,8 @@
 //! - `in_flight`: `max_concurrent` per workflow;
 //! - `breaker`: the circuit breaker per workflow;
 //! - `budget`: the global budget of exec and webhook actions;
-//! - `verification`: verification windows and the order they end in.
+//! - `verification`: verification windows and the order they end in;
+//! - `silences`: the operators' maintenance windows, checked before every other rail.
 //!
 //! The state lives here, outside the reflex map, so a reload never re-arms a flapping workflow:
 //! it is keyed by reflex, key and workflow names, and each check reads the rail settings from
@@ -18,6 +19,7 @@ mod breaker;
 mod budget;
 mod in_flight;
 mod keys;
+mod silences;
 mod verification;
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,12 +30,16 @@ use uuid::Uuid;
 
 use crate::actions::Outcome;
 use crate::anomaly::JsonObject;
-use crate::map::{Action, Breaker, Budget, Limits, ReflexMap, Selected, Workflow};
+use crate::map::{Action, Breaker, Budget, Limits, Reflex, ReflexMap, Selected, Workflow};
 
 pub use breaker::{BreakerState, Breakers, CircuitOpened};
 pub use budget::{BudgetExhausted, BudgetState};
 pub use in_flight::InFlight;
 pub use keys::{KeyState, KeyTable, KeyTables, MAX_KEYS_PER_REFLEX};
+pub use silences::{
+    NewSilence, Silence, SilenceError, Silences, MAX_COMMENT_CHARS, MAX_SILENCES,
+    MAX_SILENCE_DURATION, MIN_SILENCE_DURATION,
+};
 pub use verification::{Deadlines, NotHealed, Verified, VerifiedBy, Window, WindowAt};
 
 /// How often idle per-key state is swept out, and how seldom `rail state overflow` is repeated.
@@ -50,6 +56,8 @@ pub enum SuppressReason {
     InFlight,
     CircuitOpen,
     Budget,
+    /// An operator's silence covers the anomaly (SPEC §9 "Silences").
+    Silenced,
 }
 
 impl SuppressReason {
@@ -60,6 +68,7 @@ impl SuppressReason {
             SuppressReason::InFlight => "in_flight",
             SuppressReason::CircuitOpen => "circuit_open",
             SuppressReason::Budget => "budget",
+            SuppressReason::Silenced => "silenced",
         }
     }
 }
@@ -177,41 +186,7 @@ impl Rails {
         let mut events = RailEvents::default();
         let mut guard = self.lock();
         let state = &mut *guard;
-        let mut cooling = false;
-        // Only a reflex with a cooldown or a verify window keeps per-key state.
-        if reflex.keyed {
-            let mut slot = state.keys.table(&reflex.key).slot(key, now);
-            if matches!(slot, keys::Slot::Overflow(_)) {
-                events.overflow = warn_overflow(&mut state.overflow_warned_at, &reflex.key, now);
-            }
-            if let Some(key_state) = slot.state() {
-                verification::on_arrival(
-                    key_state,
-                    &mut state.deadlines,
-                    now,
-                    &mut events.not_healed,
-                    &mut events.verified,
-                );
-                cooling = key_state.cooling(now);
-            }
-        }
-        for failed in &events.not_healed {
-            // A remedy that did not hold counts against its workflow's breaker.
-            let Some(failed_workflow) = map.workflows.get(&*failed.workflow) else {
-                continue;
-            };
-            let Some(config) = failed_workflow.breaker else {
-                continue;
-            };
-            if let Some(opened) = state
-                .breakers
-                .record_failure(&failed_workflow.name, config, now)
-            {
-                events
-                    .circuits_opened
-                    .push((failed_workflow.name.clone(), opened));
-            }
-        }
+        let cooling = judge_arrival(state, map, reflex, key, now, &mut events);
         if cooling {
             return Admission {
                 result: Err(SuppressReason::Cooldown),
@@ -248,6 +223,17 @@ impl Rails {
             result: Ok(permit),
             events,
         }
+    }
+
+    /// An arrival the rails are not asked to admit, because a silence holds it back: the
+    /// windows open on its key are judged all the same (a silence stops actions, not the
+    /// learning; SPEC §9), and nothing else changes.
+    pub fn observe(&self, map: &ReflexMap, reflex: &Reflex, key: &str, now: Instant) -> RailEvents {
+        let mut events = RailEvents::default();
+        if reflex.keyed {
+            judge_arrival(&mut self.lock(), map, reflex, key, now, &mut events);
+        }
+        events
     }
 
     /// Admits an escalation to `workflow`: through its own breaker, in-flight bound and the
@@ -385,6 +371,54 @@ impl Rails {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// Judges the windows open on `key` of `reflex` (arriving at `now`: the remedy did not hold),
+/// counting each failure against its workflow's breaker; true when the key is cooling down.
+fn judge_arrival(
+    state: &mut RailState,
+    map: &ReflexMap,
+    reflex: &Reflex,
+    key: &str,
+    now: Instant,
+    events: &mut RailEvents,
+) -> bool {
+    let mut cooling = false;
+    // Only a reflex with a cooldown or a verify window keeps per-key state.
+    if reflex.keyed {
+        let mut slot = state.keys.table(&reflex.key).slot(key, now);
+        if matches!(slot, keys::Slot::Overflow(_)) {
+            events.overflow = warn_overflow(&mut state.overflow_warned_at, &reflex.key, now);
+        }
+        if let Some(key_state) = slot.state() {
+            verification::on_arrival(
+                key_state,
+                &mut state.deadlines,
+                now,
+                &mut events.not_healed,
+                &mut events.verified,
+            );
+            cooling = key_state.cooling(now);
+        }
+    }
+    for failed in &events.not_healed {
+        // A remedy that did not hold counts against its workflow's breaker.
+        let Some(failed_workflow) = map.workflows.get(&*failed.workflow) else {
+            continue;
+        };
+        let Some(config) = failed_workflow.breaker else {
+            continue;
+        };
+        if let Some(opened) = state
+            .breakers
+            .record_failure(&failed_workflow.name, config, now)
+        {
+            events
+                .circuits_opened
+                .push((failed_workflow.name.clone(), opened));
+        }
+    }
+    cooling
 }
 
 /// The rails every run passes, escalations included: the breaker, then (for exec and webhook
