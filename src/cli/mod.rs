@@ -97,6 +97,11 @@ pub struct RunArgs {
     /// Also append every healing-action record to FILE as a JSON line.
     #[arg(long, value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
+    /// Keep cooldowns, breakers, pending verifications, the budget, silences and Alertmanager's
+    /// duplicates in DIR/state.json, so a restart does not re-arm a flapping remedy (default:
+    /// in memory only). The systemd unit passes its StateDirectory.
+    #[arg(long, env = "AUTOHEALER_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Log actions as they would run, but execute no command or webhook.
     #[arg(long)]
     pub dry_run: bool,

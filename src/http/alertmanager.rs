@@ -5,7 +5,8 @@
 //! notification, so `AlertReceiver` remembers which alerts (by `fingerprint` and `startsAt`) it
 //! has acted on and answers `duplicate` for the rest. The memory lives in the server's state,
 //! outside the reflex map, so a reload does not forget it; it is bounded, least recently seen
-//! first out. A `resolved` alert runs nothing, but heals the actions still waiting for their
+//! first out, and kept in the state file (SPEC §9), so a restart does not act on a re-sent alert
+//! twice. A `resolved` alert runs nothing, but heals the actions still waiting for their
 //! verdict on it (SPEC §9 "Verification").
 
 use std::num::NonZeroUsize;
@@ -14,6 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use indexmap::IndexMap;
 use lru::LruCache;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use slog::Logger;
 
@@ -21,6 +23,7 @@ use crate::anomaly::{validate_name, Anomaly, Details, JsonObject, Source};
 use crate::dispatch::{Answer, DispatchOutcome, Dispatcher};
 use crate::log::json::write_string;
 use crate::log::records;
+use crate::rails::state::{Changes, Clock, Persisted};
 
 /// The webhook payload version this module reads (Alertmanager 0.x sends "4").
 pub const PAYLOAD_VERSION: &str = "4";
@@ -174,6 +177,8 @@ type AlertKey = (String, String);
 pub struct AlertReceiver {
     /// Alerts whose anomaly was dispatched (or is being dispatched), least recently seen first.
     acted_on: Mutex<LruCache<AlertKey, ()>>,
+    /// Set when `acted_on` changes, for the state file.
+    changes: Changes,
 }
 
 impl AlertReceiver {
@@ -181,6 +186,7 @@ impl AlertReceiver {
     pub fn new(entries: NonZeroUsize) -> AlertReceiver {
         AlertReceiver {
             acted_on: Mutex::new(LruCache::new(entries)),
+            changes: Changes::default(),
         }
     }
 
@@ -228,6 +234,7 @@ impl AlertReceiver {
         if !matches!(outcome, DispatchOutcome::Dispatched { .. }) {
             // Nothing was acted on: a re-send may match a reflex added since, so let it through.
             self.lock().pop(&key);
+            self.changes.mark();
         }
         AlertResult::Dispatched {
             anomaly: name,
@@ -238,12 +245,45 @@ impl AlertReceiver {
     /// Records `key` as acted on; false when it already was (which refreshes it).
     fn claim(&self, key: &AlertKey) -> bool {
         // `put` refreshes a key already there and says whether it was.
+        self.changes.mark();
         self.lock().put(key.clone(), ()).is_none()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<AlertKey, ()>> {
         // The cache holds no invariant a panicking holder could break.
         self.acted_on.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Longest fingerprint or `startsAt` read back from the state file: Alertmanager's are 16 and
+/// about 30 characters; anything much longer is not theirs.
+const MAX_SAVED_KEY_CHARS: usize = 64;
+
+/// The memory in the state file: `[fingerprint, startsAt]` pairs, least recently seen first.
+impl Persisted for AlertReceiver {
+    fn name(&self) -> &'static str {
+        "alerts"
+    }
+
+    fn take_changed(&self) -> bool {
+        self.changes.take()
+    }
+
+    fn save(&self, _clock: &Clock) -> serde_json::Result<Box<RawValue>> {
+        let keys: Vec<AlertKey> = self.lock().iter().rev().map(|(k, ())| k.clone()).collect();
+        serde_json::value::to_raw_value(&keys)
+    }
+
+    fn restore(&self, saved: &RawValue, _clock: &Clock) -> Result<(), String> {
+        let keys: Vec<AlertKey> = serde_json::from_str(saved.get()).map_err(|e| e.to_string())?;
+        let fits = |text: &str| text.chars().count() <= MAX_SAVED_KEY_CHARS;
+        let mut memory = self.lock();
+        memory.clear();
+        // The cache keeps its bound: the most recent keys stay.
+        for key in keys.into_iter().filter(|(f, s)| fits(f) && fits(s)) {
+            memory.put(key, ());
+        }
+        Ok(())
     }
 }
 
@@ -340,6 +380,25 @@ mod tests {
             "the body is not an Alertmanager webhook payload: version \"3\" is not supported; AutoHealer reads version 4"
         );
         assert!(parse(br#"{"alerts": []}"#).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_memory_comes_back_in_its_order_from_the_state_file() {
+        let receiver = AlertReceiver::new(NonZeroUsize::new(2).unwrap());
+        let key = |n: u8| (format!("fp{n}"), "t".to_string());
+        receiver.claim(&key(1));
+        receiver.claim(&key(2));
+        receiver.claim(&key(1)); // 2 is now the least recent
+        assert!(receiver.take_changed());
+        let saved = receiver.save(&Clock::now()).unwrap();
+        assert_eq!(saved.get(), r#"[["fp2","t"],["fp1","t"]]"#);
+        let restored = AlertReceiver::new(NonZeroUsize::new(2).unwrap());
+        restored.restore(&saved, &Clock::now()).unwrap();
+        assert!(!restored.claim(&key(1)));
+        assert!(restored.claim(&key(3)), "evicts 2, still the least recent");
+        assert!(restored.claim(&key(2)));
+        let bad = RawValue::from_string(r#"{"a": 1}"#.into()).unwrap();
+        assert!(restored.restore(&bad, &Clock::now()).is_err());
     }
 
     #[test]

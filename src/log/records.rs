@@ -254,6 +254,54 @@ pub fn silence_expired(log: &Logger, silence: &Silence, expired_by: &'static str
     );
 }
 
+/// INFO `state kept in memory`: no `--state-dir`, so a restart forgets cooldowns, breakers,
+/// verifications, the budget, silences and Alertmanager's duplicates.
+pub fn state_in_memory(log: &Logger) {
+    info!(log, "state kept in memory";
+        "hint" => "pass --state-dir (or set AUTOHEALER_STATE_DIR) to keep it across restarts",
+    );
+}
+
+/// INFO `state kept on disk`: the rails' state is written to `path`; `restored_from` is when
+/// the file read at startup was written, if one was.
+pub fn state_on_disk(log: &Logger, path: &Path, restored_from: Option<SystemTime>) {
+    match restored_from {
+        Some(written) => info!(log, "state kept on disk";
+            "restored_from" => %humantime::format_rfc3339_millis(written),
+            "path" => %path.display(),
+        ),
+        None => info!(log, "state kept on disk"; "path" => %path.display()),
+    }
+}
+
+/// WARN `state discarded`: the state file (or one part of it, `part`) could not be used; the
+/// daemon starts afresh rather than refuse to heal.
+pub fn state_discarded(log: &Logger, path: &Path, part: Option<&str>, reason: &str) {
+    match part {
+        Some(part) => warn!(log, "state discarded";
+            "reason" => reason,
+            "part" => part,
+            "path" => %path.display(),
+        ),
+        None => warn!(log, "state discarded"; "reason" => reason, "path" => %path.display()),
+    }
+}
+
+/// WARN `state write failed`: the state could not be written (a read-only or full disk); the
+/// daemon serves on and retries every second. Once per run of failures.
+pub fn state_write_failed(log: &Logger, path: &Path, error: &std::io::Error) {
+    warn!(log, "state write failed";
+        "hint" => "the daemon keeps serving and retries; a restart now would forget recent state",
+        "error" => %error,
+        "path" => %path.display(),
+    );
+}
+
+/// INFO `state write recovered`: the state file is written again after failures.
+pub fn state_write_recovered(log: &Logger, path: &Path) {
+    info!(log, "state write recovered"; "path" => %path.display());
+}
+
 /// CRIT `circuit opened`: a workflow failed too often and is suspended until `until`.
 pub fn circuit_opened(log: &Logger, workflow: &str, opened: &CircuitOpened) {
     let until = SystemTime::now() + opened.open_for;

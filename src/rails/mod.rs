@@ -6,12 +6,13 @@
 //! - `breaker`: the circuit breaker per workflow;
 //! - `budget`: the global budget of exec and webhook actions;
 //! - `verification`: verification windows and the order they end in;
-//! - `silences`: the operators' maintenance windows, checked before every other rail.
+//! - `silences`: the operators' maintenance windows, checked before every other rail;
+//! - `state` and `saved`: the state file that carries all of it across a restart.
 //!
 //! The state lives here, outside the reflex map, so a reload never re-arms a flapping workflow:
 //! it is keyed by reflex, key and workflow names, and each check reads the rail settings from
 //! the map snapshot that matched. `RailState` is plain data, one field per kind of state, so it
-//! can be written out and read back whole. Critical sections are short `std::sync::Mutex`
+//! can be written out and read back whole (`saved`). Critical sections are short `std::sync::Mutex`
 //! sections, never held across an `.await`. The rails change state and report what happened
 //! (`RailEvents`); the dispatcher writes the records.
 
@@ -19,7 +20,9 @@ mod breaker;
 mod budget;
 mod in_flight;
 mod keys;
+mod saved;
 mod silences;
+pub mod state;
 mod verification;
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,6 +34,7 @@ use uuid::Uuid;
 use crate::actions::Outcome;
 use crate::anomaly::JsonObject;
 use crate::map::{Action, Breaker, Budget, Limits, Reflex, ReflexMap, Selected, Workflow};
+use state::Changes;
 
 pub use breaker::{BreakerState, Breakers, CircuitOpened};
 pub use budget::{BudgetExhausted, BudgetState};
@@ -152,6 +156,8 @@ pub struct Finished {
 #[derive(Clone, Default)]
 pub struct Rails {
     state: Arc<Mutex<RailState>>,
+    /// Set whenever something the state file keeps changes (`saved`).
+    changes: Changes,
 }
 
 /// Everything the rails remember, one field per kind of state.
@@ -187,6 +193,9 @@ impl Rails {
         let mut guard = self.lock();
         let state = &mut *guard;
         let cooling = judge_arrival(state, map, reflex, key, now, &mut events);
+        if reflex.keyed {
+            self.changes.mark();
+        }
         if cooling {
             return Admission {
                 result: Err(SuppressReason::Cooldown),
@@ -202,6 +211,9 @@ impl Rails {
                 }
             }
         };
+        if permit.counted && map.limits.actions.is_some() {
+            self.changes.mark(); // the budget spent one
+        }
         if !case.cooldown.is_zero() {
             let (key_state, _) = state.keys.table(&reflex.key).state_for(key, now);
             key_state.cooldown_until = Some(now + case.cooldown);
@@ -232,6 +244,7 @@ impl Rails {
         let mut events = RailEvents::default();
         if reflex.keyed {
             judge_arrival(&mut self.lock(), map, reflex, key, now, &mut events);
+            self.changes.mark();
         }
         events
     }
@@ -242,6 +255,9 @@ impl Rails {
         let mut events = RailEvents::default();
         let mut state = self.lock();
         let result = admit_run(&mut state, workflow, limits, now, &mut events);
+        if result.as_ref().is_ok_and(|permit| permit.counted) && limits.actions.is_some() {
+            self.changes.mark();
+        }
         Admission { result, events }
     }
 
@@ -263,6 +279,7 @@ impl Rails {
         let mut finished = Finished::default();
         if outcome != Outcome::Ok {
             if let Some(config) = breaker {
+                self.changes.mark();
                 finished.circuit_opened =
                     state.breakers.record_failure(&permit.workflow, config, now);
             }
@@ -300,6 +317,7 @@ impl Rails {
         finished.wake_sweeper = state.deadlines.add(&window, at);
         key_state.windows.push(window);
         finished.verifying = true;
+        self.changes.mark();
         finished
     }
 
@@ -319,6 +337,9 @@ impl Rails {
         };
         if let Some(key_state) = key_state {
             verification::on_resolved(key_state, &mut state.deadlines, anomaly, &mut verified);
+        }
+        if !verified.is_empty() {
+            self.changes.mark();
         }
         verified
     }
@@ -344,6 +365,9 @@ impl Rails {
         }
         if housekeeping {
             state.keys.sweep(now);
+        }
+        if !verified.is_empty() {
+            self.changes.mark();
         }
         verified
     }

@@ -3,18 +3,21 @@
 //! editing the map and without forgetting to undo it: every silence ends by itself.
 //!
 //! A matcher is a name or a pattern in the reflex syntax, checked as the map checks its keys. The
-//! table is bounded (`MAX_SILENCES`) and lives outside the map, so reloads keep it. With no
-//! silence in force, checking costs one atomic load: the hot path of every anomaly.
+//! table is bounded (`MAX_SILENCES`), lives outside the map (so reloads keep it), and is kept in
+//! the state file (`state`). With no silence in force, checking costs one atomic load: the hot
+//! path of every anomaly.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::state::{unix_ms, Changes, Clock, Persisted};
 use crate::anomaly::validate_name;
 use crate::map::{is_pattern, parse_duration, Pattern};
 
@@ -183,6 +186,7 @@ struct Inner {
     table: Mutex<Vec<Silence>>,
     /// `table.len()`, read without the lock by every anomaly.
     count: AtomicUsize,
+    changes: Changes,
 }
 
 impl Silences {
@@ -271,6 +275,7 @@ impl Silences {
 
     fn changed(&self, table: &[Silence]) {
         self.inner.count.store(table.len(), Ordering::Relaxed);
+        self.inner.changes.mark();
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<Silence>> {
@@ -282,10 +287,71 @@ impl Silences {
     }
 }
 
+/// One silence in the state file.
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedSilence {
+    id: Uuid,
+    matcher: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    comment: String,
+    starts_at: u64,
+    ends_at: u64,
+}
+
+impl Persisted for Silences {
+    fn name(&self) -> &'static str {
+        "silences"
+    }
+
+    fn take_changed(&self) -> bool {
+        self.inner.changes.take()
+    }
+
+    fn save(&self, clock: &Clock) -> serde_json::Result<Box<RawValue>> {
+        let saved: Vec<SavedSilence> = self
+            .lock()
+            .iter()
+            .map(|s| SavedSilence {
+                id: s.id,
+                matcher: s.matcher().to_string(),
+                comment: s.comment.clone(),
+                starts_at: unix_ms(s.starts_at),
+                ends_at: clock.wall(s.until),
+            })
+            .collect();
+        serde_json::value::to_raw_value(&saved)
+    }
+
+    /// Silences that ended while the daemon was down come back due now, so the sweeper
+    /// writes their `silence expired` as it would have.
+    fn restore(&self, saved: &RawValue, clock: &Clock) -> Result<(), String> {
+        let saved: Vec<SavedSilence> =
+            serde_json::from_str(saved.get()).map_err(|err| err.to_string())?;
+        let skip = saved.len().saturating_sub(MAX_SILENCES);
+        let restored: Vec<Silence> = saved[skip..]
+            .iter()
+            .filter_map(|s| {
+                Some(Silence {
+                    id: s.id,
+                    matcher: Matcher::parse(&s.matcher).ok()?,
+                    comment: s.comment.chars().take(MAX_COMMENT_CHARS).collect(),
+                    starts_at: UNIX_EPOCH + Duration::from_millis(s.starts_at),
+                    ends_at: UNIX_EPOCH + Duration::from_millis(s.ends_at),
+                    until: clock
+                        .deadline(s.ends_at, MAX_SILENCE_DURATION)
+                        .unwrap_or(clock.instant),
+                })
+            })
+            .collect();
+        let mut table = self.lock();
+        *table = restored;
+        self.inner.count.store(table.len(), Ordering::Relaxed);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::time::UNIX_EPOCH;
-
     use super::*;
 
     fn new(matcher: &str, duration: &str) -> NewSilence {
@@ -387,6 +453,38 @@ mod tests {
         assert_eq!(
             SilenceError::Full.to_string(),
             "1000 silences are in force, the most the daemon keeps; expire one first"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silences_come_back_from_the_state_file() {
+        let silences = Silences::default();
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let kept = silences.add(new("nginx.*", "1h"), now, wall).unwrap();
+        let short = silences.add(new("db", "1s"), now, wall).unwrap();
+        assert!(silences.take_changed());
+        let clock = Clock::now();
+        let saved = silences.save(&clock).unwrap();
+
+        // Read back two seconds later: the short one ended while the daemon was down.
+        let later = Clock {
+            instant: clock.instant + Duration::from_secs(2),
+            wall_ms: clock.wall_ms + 2_000,
+        };
+        let restored = Silences::default();
+        restored.restore(&saved, &later).unwrap();
+        assert_eq!(restored.find("nginx.a", later.instant), Some(kept.id));
+        assert_eq!(restored.find("db", later.instant), None);
+        let due = restored.expire_due(later.instant);
+        assert_eq!(due.iter().map(|s| s.id).collect::<Vec<_>>(), [short.id]);
+        let active = restored.active(later.instant);
+        assert_eq!(active.len(), 1);
+        assert_eq!(active[0].comment, "upgrade");
+        assert_eq!(active[0].matcher(), "nginx.*");
+        assert_eq!(
+            active[0].until,
+            later.instant + Duration::from_secs(3600 - 2)
         );
     }
 
