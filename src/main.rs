@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use autohealer::cli::{self, check, send};
+use autohealer::cli::{self, check, send, silence};
 use autohealer::host::systemd;
 use autohealer::{app, log};
 
@@ -46,12 +46,19 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        cli::Command::Send(args) => match send::run(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("autohealer: {err:#}");
-                ExitCode::FAILURE
-            }
-        },
+        cli::Command::Send(args) => client_exit(send::run(&args)),
+        cli::Command::Silence(args) => client_exit(silence::run(&args)),
+    }
+}
+
+/// The exit code of a subcommand that asks a running daemon: 0 when it did, 1 (with the
+/// reason on stderr) when it refused or could not be reached.
+fn client_exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("autohealer: {err:#}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -1,12 +1,14 @@
-//! The command line (SPEC §1): `run` (the default), `check` and `send`, each subcommand's work in
-//! a file of its own.
+//! The command line (SPEC §1, §9): `run` (the default), `check`, `send` and `silence`, each
+//! subcommand's work in a file of its own; `client` is what `send` and `silence` share.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod check;
+pub mod client;
 pub mod send;
+pub mod silence;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -21,10 +23,11 @@ pub struct Cli {
 }
 
 /// Words that name a subcommand or ask clap for help, so `run` is not put in front of them.
-const NOT_RUN: [&str; 9] = [
+const NOT_RUN: [&str; 10] = [
     "run",
     "check",
     "send",
+    "silence",
     "help",
     "--help",
     "-h",
@@ -67,6 +70,10 @@ pub enum Command {
     /// Post an anomaly to a running daemon (for shell monitors and cron); exit 0 when the daemon
     /// accepted it, 1 when it rejected it or could not be reached.
     Send(SendArgs),
+    /// Silence anomalies for a while (maintenance), list the silences in force, or end one, in
+    /// a running daemon; exit 0 when the daemon did it, 1 when it refused or could not be
+    /// reached.
+    Silence(silence::SilenceArgs),
 }
 
 /// Options of the daemon.
@@ -256,6 +263,56 @@ mod tests {
                 .into_command(),
             Command::Run(_)
         ));
+    }
+
+    #[test]
+    fn silence_takes_an_action_and_the_clients_options_anywhere() {
+        let cli = parse([
+            "autohealer",
+            "silence",
+            "add",
+            "nginx.**",
+            "--for",
+            "2h",
+            "--comment",
+            "upgrade",
+            "--url",
+            "http://h:9/",
+        ])
+        .unwrap();
+        match cli.into_command() {
+            Command::Silence(args) => {
+                assert_eq!(args.client.url.as_str(), "http://h:9/");
+                match args.action {
+                    silence::SilenceAction::Add {
+                        matcher,
+                        duration,
+                        comment,
+                    } => {
+                        assert_eq!(matcher, "nginx.**");
+                        assert_eq!(duration, "2h");
+                        assert_eq!(comment.as_deref(), Some("upgrade"));
+                    }
+                    other => panic!("expected add, got {other:?}"),
+                }
+            }
+            other => panic!("expected silence, got {other:?}"),
+        }
+        let cli = parse(["autohealer", "silence", "--token-file", "t", "list"]).unwrap();
+        match cli.into_command() {
+            Command::Silence(args) => {
+                assert_eq!(args.client.token_file, Some(PathBuf::from("t")));
+                assert!(matches!(args.action, silence::SilenceAction::List));
+            }
+            other => panic!("expected silence, got {other:?}"),
+        }
+        for bad in [
+            &["autohealer", "silence"][..],
+            &["autohealer", "silence", "add", "a"],
+            &["autohealer", "silence", "expire"],
+        ] {
+            assert!(parse(bad.iter().copied()).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
