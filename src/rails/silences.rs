@@ -295,7 +295,11 @@ struct SavedSilence {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     comment: String,
     starts_at: u64,
+    /// As shown: the wall clock at `starts_at` plus the duration.
     ends_at: u64,
+    /// When it ends by the daemon's own clock, which a wall clock stepped since may have moved
+    /// away from `ends_at`: what holds.
+    until: u64,
 }
 
 impl Persisted for Silences {
@@ -316,7 +320,8 @@ impl Persisted for Silences {
                 matcher: s.matcher().to_string(),
                 comment: s.comment.clone(),
                 starts_at: unix_ms(s.starts_at),
-                ends_at: clock.wall(s.until),
+                ends_at: unix_ms(s.ends_at),
+                until: clock.wall(s.until),
             })
             .collect();
         serde_json::value::to_raw_value(&saved)
@@ -338,7 +343,7 @@ impl Persisted for Silences {
                     starts_at: UNIX_EPOCH + Duration::from_millis(s.starts_at),
                     ends_at: UNIX_EPOCH + Duration::from_millis(s.ends_at),
                     until: clock
-                        .deadline(s.ends_at, MAX_SILENCE_DURATION)
+                        .deadline(s.until, MAX_SILENCE_DURATION)
                         .unwrap_or(clock.instant),
                 })
             })
@@ -481,6 +486,12 @@ mod tests {
         let active = restored.active(later.instant);
         assert_eq!(active.len(), 1);
         assert_eq!(active[0].comment, "upgrade");
+        let shown = |at| humantime::format_rfc3339_millis(at).to_string();
+        assert_eq!(
+            shown(active[0].ends_at),
+            shown(kept.ends_at),
+            "shown as it was"
+        );
         assert_eq!(active[0].matcher(), "nginx.*");
         assert_eq!(
             active[0].until,
