@@ -2,13 +2,15 @@
 //! reference measured in the same run. Run it with `bench/run.sh` (which installs wrk and also
 //! runs the micro-benchmarks) or `cargo bench --bench system`.
 //!
-//! Sections (`BENCH_ONLY=throughput,reload,scale,micro` picks some):
+//! Sections (`BENCH_ONLY=throughput,reload,scale,state,micro` picks some):
 //! - throughput and memory: `POST /anomaly` to a log-only workflow with JSON logs written to a
 //!   file, against a bare hyper server (`reference.rs`); resident memory idle and under load.
 //! - reload: rename → first request that sees the new map, against an in-process notify
 //!   watcher's rename → event; then the map replaced every 10 ms under load.
 //! - scale: a map of 100,000 exact names and 1,000 patterns, its load time against a plain
 //!   YAML parse of the same file, and its dispatch rate against a one-reflex map.
+//! - state: `--state-dir` and the other brakes of SPEC §9 (verify, a budget, silences) against
+//!   the same daemon without them (`state.rs`).
 //! - micro: criterion's latest results, if `cargo bench --bench micro` ran first.
 //!
 //! It never fails on a missed goal: it prints a table and writes `bench/results/<date>.md`.
@@ -19,6 +21,7 @@ mod load;
 mod procs;
 mod reference;
 mod report;
+mod state;
 
 #[path = "../support/mapgen.rs"]
 mod mapgen;
@@ -208,6 +211,11 @@ impl Bench {
     /// directories: the daemon watches its map's directory, and every log write into it would
     /// wake the watcher (about 10% of the daemon's CPU in a trial), which production does not pay.
     fn daemon(&self, map: &Path, name: &str) -> Result<Server> {
+        self.daemon_with(map, name, &[])
+    }
+
+    /// `daemon`, with `extra` arguments on its command line.
+    fn daemon_with(&self, map: &Path, name: &str, extra: &[String]) -> Result<Server> {
         let logs = self.scratch.join("logs");
         std::fs::create_dir_all(&logs)
             .with_context(|| format!("cannot create {}", logs.display()))?;
@@ -218,6 +226,7 @@ impl Bench {
             &log,
             self.server_cpu(),
             &format!("the daemon ({name})"),
+            extra,
         )
     }
 
@@ -264,7 +273,7 @@ fn run() -> Result<()> {
         settings.wrk_threads,
         pinning.as_ref().map(|p| p.client_cpu),
     );
-    let needs_wrk = ["throughput", "reload", "scale"]
+    let needs_wrk = ["throughput", "reload", "scale", "state"]
         .iter()
         .any(|s| settings.wants(s));
     let wrk = match wrk {
@@ -326,6 +335,10 @@ fn run() -> Result<()> {
     if settings.wants("scale") {
         println!("scale");
         scale(&bench, &mut report)?;
+    }
+    if settings.wants("state") {
+        println!("state");
+        state::state(&bench, &mut report)?;
     }
     if settings.wants("micro") {
         let criterion_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))

@@ -200,6 +200,8 @@ pub struct Server {
     pub startup: Duration,
     /// The daemon's stderr (its JSON log), kept on disk.
     pub log: Option<PathBuf>,
+    /// The daemon's `--state-dir`, when it has one.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Server {
@@ -253,6 +255,7 @@ impl Server {
         log: &Path,
         cpu: Option<usize>,
         what: &str,
+        extra: &[String],
     ) -> Result<Server> {
         // A new file, appended to: `rotate_log` can then empty it under the running daemon.
         let stderr = OpenOptions::new()
@@ -265,6 +268,7 @@ impl Server {
             .args(["run", "--listen", "127.0.0.1:0", "--log-format", "json"])
             .args(["--log-level", "info", "--config"])
             .arg(map)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
@@ -288,6 +292,11 @@ impl Server {
             guard,
             addr,
             log: Some(log.to_path_buf()),
+            state_dir: extra
+                .iter()
+                .position(|arg| arg == "--state-dir")
+                .and_then(|at| extra.get(at + 1))
+                .map(PathBuf::from),
         })
     }
 
@@ -322,6 +331,7 @@ impl Server {
             guard,
             addr,
             log: None,
+            state_dir: None,
         })
     }
 }
