@@ -88,7 +88,9 @@ impl ActionHistory {
             entry.outcome = report.outcome.as_str();
             entry.duration_ms = Some(report.duration.as_millis() as u64);
             entry.error = report.error.clone();
-            if verifying {
+            // A verdict may already be in: another thread's arrival can judge the window
+            // between the rails opening it and this call.
+            if verifying && entry.verdict.is_none() {
                 entry.verdict = Some(Verdict::Pending.as_str());
             }
         }

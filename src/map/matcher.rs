@@ -251,21 +251,7 @@ impl Matcher {
         let Some(after) = after else {
             return self.find_pattern(name);
         };
-        let mut first: Option<usize> = None;
-        for &len in &self.head_lengths {
-            if name.as_bytes().get(len.wrapping_sub(1)) != Some(&b'.') {
-                continue;
-            }
-            let Some(bucket) = self.by_head.get(&name[..len]) else {
-                continue;
-            };
-            if let Some(hit) = bucket
-                .iter()
-                .find(|p| p.reflex > after && tokens_match(&p.rest, &name[len..]))
-            {
-                first = Some(first.map_or(hit.reflex, |f| f.min(hit.reflex)));
-            }
-        }
+        let mut first = self.first_in_buckets(name, Some(after));
         // The regex's patterns are in file order: the first match past `after` is the answer
         // from the regex, unless the index found an earlier one.
         if self.regex_reflex.last().is_some_and(|&last| last > after) {
@@ -298,8 +284,10 @@ impl Matcher {
             .as_ref()
     }
 
-    /// The first pattern in file order that matches `name`.
-    fn find_pattern(&self, name: &str) -> Option<usize> {
+    /// The first indexed pattern in file order that matches `name` (and comes after reflex
+    /// `after`, when given).
+    #[inline]
+    fn first_in_buckets(&self, name: &str, after: Option<usize>) -> Option<usize> {
         let mut first: Option<usize> = None;
         for &len in &self.head_lengths {
             // A head ends with a dot, so it can only be a prefix ending with one.
@@ -310,10 +298,19 @@ impl Matcher {
                 continue;
             };
             // In file order: the bucket's first match is its earliest.
-            if let Some(hit) = bucket.iter().find(|p| tokens_match(&p.rest, &name[len..])) {
+            let hit = bucket.iter().find(|p| {
+                after.is_none_or(|after| p.reflex > after) && tokens_match(&p.rest, &name[len..])
+            });
+            if let Some(hit) = hit {
                 first = Some(first.map_or(hit.reflex, |f| f.min(hit.reflex)));
             }
         }
+        first
+    }
+
+    /// The first pattern in file order that matches `name`.
+    fn find_pattern(&self, name: &str) -> Option<usize> {
+        let mut first = self.first_in_buckets(name, None);
         // The regex can only improve on a match its earliest pattern already follows.
         let regex_can_win = match (first, self.regex_reflex.first()) {
             (_, None) => false,
@@ -530,6 +527,36 @@ mod tests {
         assert_eq!(m.find("ab"), Some(0));
     }
 
+    /// A random string of `pieces`, with a length in `len`.
+    fn random_text(
+        rng: &mut fastrand::Rng,
+        pieces: &[&str],
+        len: std::ops::Range<usize>,
+    ) -> String {
+        (0..rng.usize(len))
+            .map(|_| pieces[rng.usize(..pieces.len())])
+            .collect()
+    }
+
+    /// `count` random valid patterns of fewer than `max_pieces` of `pieces`.
+    fn random_patterns(
+        rng: &mut fastrand::Rng,
+        pieces: &[&str],
+        count: usize,
+        max_pieces: usize,
+    ) -> Vec<Pattern> {
+        let mut patterns = Vec::new();
+        while patterns.len() < count {
+            let text = random_text(rng, pieces, 1..max_pieces);
+            if is_pattern(&text) {
+                if let Ok(pattern) = Pattern::parse(&text) {
+                    patterns.push(pattern);
+                }
+            }
+        }
+        patterns
+    }
+
     #[test]
     fn the_head_index_answers_as_the_regex_does() {
         // Random maps and names over a small alphabet, so that patterns share heads, overlap
@@ -538,25 +565,13 @@ mod tests {
         let pieces = ["a", "b", ".", "é", "a.", "b.", "*", "**", "?"];
         let letters = ["a", "b", ".", "é"];
         for _ in 0..300 {
-            let mut patterns = Vec::new();
-            while patterns.len() < 12 {
-                let text: String = (0..rng.usize(1..7))
-                    .map(|_| pieces[rng.usize(..pieces.len())])
-                    .collect();
-                if is_pattern(&text) {
-                    if let Ok(pattern) = Pattern::parse(&text) {
-                        patterns.push(pattern);
-                    }
-                }
-            }
+            let patterns = random_patterns(&mut rng, &pieces, 12, 7);
             let numbered = || patterns.iter().cloned().enumerate().map(|(i, p)| (p, i));
             let indexed = Matcher::with_bucket_limit([], numbered(), 2).unwrap();
             let regex_only = Matcher::with_bucket_limit([], numbered(), 0).unwrap();
             assert!(regex_only.by_head.is_empty());
             for _ in 0..200 {
-                let name: String = (0..rng.usize(1..9))
-                    .map(|_| letters[rng.usize(..letters.len())])
-                    .collect();
+                let name = random_text(&mut rng, &letters, 1..9);
                 assert_eq!(
                     indexed.find(&name),
                     regex_only.find(&name),
@@ -617,23 +632,11 @@ mod tests {
         let pieces = ["a", "b", ".", "a.", "b.", "*", "**", "?"];
         let letters = ["a", "b", "."];
         for round in 0..200 {
-            let mut patterns = Vec::new();
-            while patterns.len() < 10 {
-                let text: String = (0..rng.usize(1..6))
-                    .map(|_| pieces[rng.usize(..pieces.len())])
-                    .collect();
-                if is_pattern(&text) {
-                    if let Ok(pattern) = Pattern::parse(&text) {
-                        patterns.push(pattern);
-                    }
-                }
-            }
+            let patterns = random_patterns(&mut rng, &pieces, 10, 6);
             let numbered = patterns.iter().cloned().enumerate().map(|(i, p)| (p, i));
             let m = Matcher::with_bucket_limit([], numbered, round % 3).unwrap();
             for _ in 0..100 {
-                let name: String = (0..rng.usize(1..8))
-                    .map(|_| letters[rng.usize(..letters.len())])
-                    .collect();
+                let name = random_text(&mut rng, &letters, 1..8);
                 let expected: Vec<usize> = patterns
                     .iter()
                     .enumerate()

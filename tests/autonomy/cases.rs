@@ -178,20 +178,20 @@ fn invalid_conditions_are_map_errors_with_their_position() {
         "workflows: {page: {}}\nreflexes:\n  'disk.*.full':\n    - when:\n        details.percent: {gte: 95, over: 3}\n        details.mount: {matches: '/(var'}\n      workflow: page\n",
     );
     let path = map.path().display().to_string();
-    let (code, stdout, stderr) = run_cli(&["check", &path]);
-    assert_eq!(code, 1);
-    assert_eq!(stdout, "");
+    let check_errors = || {
+        let (code, stdout, stderr) = run_cli(&["check", &path]);
+        assert_eq!((code, stdout.as_str()), (1, ""));
+        stderr
+    };
     assert_eq!(
-        stderr,
+        check_errors(),
         format!("{path}:5:26: reflexes.disk.*.full[0].when.details.percent: unknown operator `over`; use eq, ne, gt, gte, lt, lte, in, matches or exists\n")
     );
     map.write_in_place(
         "workflows: {page: {}}\nreflexes:\n  'disk.*.full':\n    - when:\n        details.mount: {matches: '/(var'}\n      workflow: page\n",
     );
-    let (code, _, stderr) = run_cli(&["check", &path]);
-    assert_eq!(code, 1);
     assert_eq!(
-        stderr,
+        check_errors(),
         format!("{path}:5:34: reflexes.disk.*.full[0].when.details.mount.matches: invalid regular expression `/(var`: unclosed group\n")
     );
     // The daemon refuses such an edit and keeps the map that works.
@@ -211,5 +211,25 @@ fn invalid_conditions_are_map_errors_with_their_position() {
     assert_eq!(
         daemon.workflow_for("disk.sda.full").as_deref(),
         Some("page")
+    );
+}
+
+#[test]
+fn the_readmes_worked_example_is_a_valid_map() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let (_, after) = readme
+        .split_once("<!-- worked example: tests/autonomy/cases.rs checks this block -->\n```yaml\n")
+        .expect("the worked example's marker");
+    let (example, _) = after.split_once("```").expect("the end of the block");
+    let map = MapDir::new(example);
+    let path = map.path().display().to_string();
+    let (code, stdout, stderr) = run_cli(&["check", &path]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(
+            "2 reflexes (0 exact, 2 patterns), 3 workflows (1 log, 2 exec, 0 webhook); 3 cases (1 with when, 1 with cooldown_key, 1 with verify, 1 with escalate); budget 20 actions per 1m"
+        ),
+        "{stdout}"
     );
 }

@@ -6,15 +6,22 @@ use serde_json::{json, Value};
 use super::{dispatch, entry, finished, suppressed, wait_for_verdict, yaml_str};
 use crate::util::{Daemon, MapDir};
 
+/// Waits for the `healing action escalated` record of action `id`.
+fn escalated_record(daemon: &Daemon, id: &str) -> Value {
+    daemon.wait_for_record("healing action escalated", |r| r["action_id"] == id)
+}
+
 /// The triggered record of the escalation that `escalated` names, once it is written.
 fn escalation_of(daemon: &Daemon, escalated: &Value) -> Value {
-    let id = escalated["escalation_action_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = id_of(escalated, "escalation_action_id");
     daemon.wait_for_record("healing action triggered", |r| {
         r["action_id"] == id.as_str()
     })
+}
+
+/// The action id in `record`'s `key`.
+fn id_of(record: &Value, key: &str) -> String {
+    record[key].as_str().unwrap().to_string()
 }
 
 /// A map whose `fix` runs `fix` (a shell body) and escalates to `page`, which runs `page`.
@@ -44,9 +51,7 @@ fn a_failed_action_escalates_once_with_its_details() {
     let daemon = Daemon::start(&map.path(), &[]);
     let id = dispatch(&daemon, "svc.web.down", json!({"host": "web1"}));
     assert_eq!(finished(&daemon, &id)["outcome"], "failed");
-    let escalated = daemon.wait_for_record("healing action escalated", |r| {
-        r["action_id"] == id.as_str()
-    });
+    let escalated = escalated_record(&daemon, &id);
     assert_eq!(escalated["level"], "CRIT");
     assert_eq!(escalated["anomaly"], "svc.web.down");
     assert_eq!(escalated["workflow"], "fix");
@@ -75,14 +80,9 @@ fn a_timeout_escalates_too() {
     let daemon = Daemon::start(&map.path(), &[]);
     let id = dispatch(&daemon, "svc.web.down", json!({}));
     assert_eq!(finished(&daemon, &id)["outcome"], "timeout");
-    let escalated = daemon.wait_for_record("healing action escalated", |r| {
-        r["action_id"] == id.as_str()
-    });
+    let escalated = escalated_record(&daemon, &id);
     assert_eq!(escalated["reason"], "timeout");
-    let page_id = escalation_of(&daemon, &escalated)["action_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let page_id = id_of(&escalation_of(&daemon, &escalated), "action_id");
     assert_eq!(finished(&daemon, &page_id)["outcome"], "ok");
 }
 
@@ -97,9 +97,7 @@ fn an_action_not_healed_escalates_with_the_recurrence_details() {
     wait_for_verdict(&daemon, &id, "pending");
     // The restart is not in cooldown and not in flight: the recurrence runs it again too.
     let again = dispatch(&daemon, "nginx.web1.down", json!({"try": 2}));
-    let escalated = daemon.wait_for_record("healing action escalated", |r| {
-        r["action_id"] == id.as_str()
-    });
+    let escalated = escalated_record(&daemon, &id);
     assert_eq!(escalated["reason"], "not_healed");
     assert_eq!(escalated["workflow"], "restart");
     let triggered = escalation_of(&daemon, &escalated);
@@ -121,13 +119,8 @@ fn an_escalation_passes_the_cooldowns_that_hold_its_anomaly_and_workflow() {
     // ...and `svc.web.down` for itself: the escalation of its failure runs all the same.
     let id = dispatch(&daemon, "svc.web.down", json!({}));
     suppressed(&daemon, "svc.web.down", json!({}), "cooldown");
-    let escalated = daemon.wait_for_record("healing action escalated", |r| {
-        r["action_id"] == id.as_str()
-    });
-    let page_id = escalation_of(&daemon, &escalated)["action_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let escalated = escalated_record(&daemon, &id);
+    let page_id = id_of(&escalation_of(&daemon, &escalated), "action_id");
     assert_eq!(finished(&daemon, &page_id)["outcome"], "ok");
 }
 
@@ -142,13 +135,8 @@ fn an_escalation_is_held_back_by_its_own_breaker() {
     ));
     let daemon = Daemon::start(&map.path(), &[]);
     let first = dispatch(&daemon, "svc.a.down", json!({}));
-    let escalated = daemon.wait_for_record("healing action escalated", |r| {
-        r["action_id"] == first.as_str()
-    });
-    let page_id = escalation_of(&daemon, &escalated)["action_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let escalated = escalated_record(&daemon, &first);
+    let page_id = id_of(&escalation_of(&daemon, &escalated), "action_id");
     assert_eq!(finished(&daemon, &page_id)["outcome"], "failed");
     daemon.wait_for_record("circuit opened", |r| r["workflow"] == "page");
     // The paging workflow's circuit is open: the next escalation is held back, and says so.
