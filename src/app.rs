@@ -31,7 +31,7 @@ use crate::http::{self, AlertReceiver, ServerState, ALERT_MEMORY_ENTRIES};
 use crate::log::records::{self, Trigger};
 use crate::map::{self, LoadError, LoadedMap};
 use crate::metrics;
-use crate::rails::state::{Clock, Persisted, Restored, StateFile, SAVE_INTERVAL};
+use crate::rails::state::{Persisted, Restored, StateFile, Within, SAVE_INTERVAL};
 use crate::reload::{ReloadMessage, Reloader};
 
 /// After the shutdown deadline, how long cancelled actions get to kill their processes and
@@ -257,24 +257,6 @@ async fn serve(
     Ok(())
 }
 
-/// Alertmanager's duplicate memory as a part of the state file: it lives in the server state.
-struct AlertMemory(Arc<ServerState>);
-
-impl Persisted for AlertMemory {
-    fn name(&self) -> &'static str {
-        self.0.alerts.name()
-    }
-    fn take_changed(&self) -> bool {
-        self.0.alerts.take_changed()
-    }
-    fn save(&self, clock: &Clock) -> serde_json::Result<Box<serde_json::value::RawValue>> {
-        self.0.alerts.save(clock)
-    }
-    fn restore(&self, saved: &serde_json::value::RawValue, clock: &Clock) -> Result<(), String> {
-        self.0.alerts.restore(saved, clock)
-    }
-}
-
 /// The state file in `dir`, restored into `state`; `None` without a state dir. Nothing here
 /// stops the daemon: a file it cannot use is a WARN and a fresh start (SPEC §9).
 fn restore_state(
@@ -290,7 +272,8 @@ fn restore_state(
     let parts: Vec<Arc<dyn Persisted>> = vec![
         Arc::new(state.dispatcher.rails().clone()),
         Arc::new(state.dispatcher.silences().clone()),
-        Arc::new(AlertMemory(state.clone())),
+        // Alertmanager's duplicate memory lives in the server's state.
+        Arc::new(Within::new(state.clone(), |state| &state.alerts)),
     ];
     // A run outside systemd may name a directory not made yet; if this fails, the first write
     // says why.
@@ -408,7 +391,7 @@ mod tests {
     use serde_json::value::RawValue;
 
     use super::*;
-    use crate::rails::state::Changes;
+    use crate::rails::state::{Changes, Clock};
 
     /// A part that counts how often it is written.
     #[derive(Default)]

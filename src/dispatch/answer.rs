@@ -181,7 +181,6 @@ mod tests {
             (SuppressReason::InFlight, "in_flight"),
             (SuppressReason::CircuitOpen, "circuit_open"),
             (SuppressReason::Budget, "budget"),
-            (SuppressReason::Silenced, "silenced"),
         ] {
             let suppressed = DispatchOutcome::Suppressed {
                 workflow: Arc::from(workflow),
@@ -193,6 +192,7 @@ mod tests {
                        "reason": word})
             );
         }
+        // The silence's reason comes with its id.
         let silence_id = Uuid::now_v7();
         let silenced = DispatchOutcome::Silenced {
             workflow: Arc::from(workflow),

@@ -19,7 +19,7 @@
 //! shorten what is left (never resurrect what was over).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,6 +66,39 @@ pub trait Persisted: Send + Sync {
     /// Puts `saved` (what `save` wrote, maybe long ago) in force. All or nothing: on an error
     /// (the message says what is wrong) the state is left as it was.
     fn restore(&self, saved: &RawValue, clock: &Clock) -> Result<(), String>;
+}
+
+/// A part that lives inside something shared rather than in a handle of its own (a field of the
+/// server's state, say): `part` finds it in `owner`.
+pub struct Within<O> {
+    owner: Arc<O>,
+    part: fn(&O) -> &dyn Persisted,
+}
+
+impl<O> Within<O> {
+    /// The part `part` finds in `owner`.
+    pub fn new(owner: Arc<O>, part: fn(&O) -> &dyn Persisted) -> Within<O> {
+        Within { owner, part }
+    }
+
+    fn get(&self) -> &dyn Persisted {
+        (self.part)(&self.owner)
+    }
+}
+
+impl<O: Send + Sync> Persisted for Within<O> {
+    fn name(&self) -> &'static str {
+        self.get().name()
+    }
+    fn take_changed(&self) -> bool {
+        self.get().take_changed()
+    }
+    fn save(&self, clock: &Clock) -> serde_json::Result<Box<RawValue>> {
+        self.get().save(clock)
+    }
+    fn restore(&self, saved: &RawValue, clock: &Clock) -> Result<(), String> {
+        self.get().restore(saved, clock)
+    }
 }
 
 /// Marks that a part's state changed since it was last written; cloning shares the mark.
@@ -240,7 +273,7 @@ impl StateFile {
     }
 
     /// Writes every part's state now, atomically; blocking (file writes and fsyncs), so the
-    /// daemon calls it off its async workers. Returns the bytes written.
+    /// daemon calls it off its async workers. Returns the file's size.
     pub fn save(&self) -> io::Result<usize> {
         let clock = Clock::now();
         let saved: Vec<(&'static str, Box<RawValue>)> = self
@@ -254,10 +287,11 @@ impl StateFile {
             written_at_ms: clock.wall_ms,
             parts: saved.iter().map(|(name, raw)| (*name, &**raw)).collect(),
         };
-        let mut bytes = serde_json::to_vec(&envelope).map_err(io::Error::other)?;
-        bytes.push(b'\n');
-        write_atomically(&self.dir, &bytes)?;
-        Ok(bytes.len())
+        // Streamed into the file: the parts' text is not copied once more into one buffer.
+        write_atomically(&self.dir, |out| {
+            serde_json::to_writer(&mut *out, &envelope).map_err(io::Error::other)?;
+            out.write_all(b"\n")
+        })
     }
 }
 
@@ -306,30 +340,42 @@ fn parse(bytes: &[u8]) -> Result<ReadEnvelope, String> {
 }
 
 /// Replaces `dir/STATE_FILE_NAME` with `bytes`: temp file, fsync, rename, fsync of `dir`.
-fn write_atomically(dir: &Path, bytes: &[u8]) -> io::Result<()> {
+fn write_atomically(
+    dir: &Path,
+    write: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
+) -> io::Result<usize> {
     let temp = dir.join(TEMP_FILE_NAME);
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         // Owner only: the file names the host's alerts and the operators' comments.
         .mode(0o600)
         .open(&temp)?;
-    let written = file.write_all(bytes).and_then(|()| file.sync_all());
-    drop(file);
-    if let Err(err) = written {
-        // A full disk: do not leave a partial temp file taking what room is left (nor one
-        // a failed rename below would leave).
-        let _ = fs::remove_file(&temp);
-        return Err(err);
-    }
+    let mut out = BufWriter::new(file);
+    let written = write(&mut out)
+        .and_then(|()| out.into_inner().map_err(io::IntoInnerError::into_error))
+        .and_then(|file| {
+            file.sync_all()?;
+            Ok(file.metadata()?.len() as usize)
+        });
+    let len = match written {
+        Ok(len) => len,
+        Err(err) => {
+            // A full disk: do not leave a partial temp file taking what room is left (nor one
+            // a failed rename below would leave).
+            let _ = fs::remove_file(&temp);
+            return Err(err);
+        }
+    };
     if let Err(err) = fs::rename(&temp, dir.join(STATE_FILE_NAME)) {
         let _ = fs::remove_file(&temp);
         return Err(err);
     }
     // The rename is durable once the directory is: without this a crash could bring back the
     // old file (or none) after the new one was reported written.
-    File::open(dir)?.sync_all()
+    File::open(dir)?.sync_all()?;
+    Ok(len)
 }
 
 #[cfg(test)]
