@@ -204,18 +204,27 @@ fn without_a_state_dir_the_daemon_says_state_lives_in_memory() {
 
 #[test]
 fn the_systemd_unit_hands_the_daemon_its_state_directory() {
-    let unit = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/systemd/autohealer.service"
-    ))
-    .unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    let unit = std::fs::read_to_string(dir.join("autohealer.service")).unwrap();
     assert!(
         unit.lines().any(|l| l == "StateDirectory=autohealer"),
         "{unit}"
     );
-    let exec_start = unit.lines().find(|l| l.starts_with("ExecStart=")).unwrap();
-    assert!(
-        exec_start.ends_with(" --state-dir ${STATE_DIRECTORY}"),
-        "{exec_start}"
-    );
+    // The unit's command line, and every example drop-in's that replaces it.
+    let mut files = vec![unit];
+    for entry in std::fs::read_dir(dir.join("autohealer.service.d")).unwrap() {
+        files.push(std::fs::read_to_string(entry.unwrap().path()).unwrap());
+    }
+    let commands: Vec<&str> = files
+        .iter()
+        .flat_map(|text| text.lines())
+        .filter(|line| line.starts_with("ExecStart=/"))
+        .collect();
+    assert!(commands.len() >= 2, "{commands:?}");
+    for command in commands {
+        assert!(
+            command.contains(" --state-dir ${STATE_DIRECTORY}"),
+            "{command}"
+        );
+    }
 }
