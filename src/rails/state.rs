@@ -141,9 +141,15 @@ impl Clock {
     /// every deadline has at most what was left of it when written, and nothing that was over
     /// then comes back.
     pub fn restoring(written_ms: u64) -> Clock {
-        let mut clock = Clock::now();
-        clock.wall_ms = clock.wall_ms.max(written_ms);
-        clock
+        Clock::now().at_least(written_ms)
+    }
+
+    /// This clock, its wall clock read as no earlier than `written_ms`.
+    pub fn at_least(self, written_ms: u64) -> Clock {
+        Clock {
+            wall_ms: self.wall_ms.max(written_ms),
+            ..self
+        }
     }
 
     /// `at` as Unix milliseconds.
@@ -523,10 +529,7 @@ mod tests {
             wall_ms: written.wall_ms - 86_400_000,
             ..Clock::now()
         };
-        let clock = Clock {
-            wall_ms: stepped_back.wall_ms.max(written.wall_ms),
-            ..stepped_back
-        };
+        let clock = stepped_back.at_least(written.wall_ms);
         assert_eq!(
             clock.deadline(until, MAX_RESTORED_DEADLINE),
             Some(clock.instant + hour)

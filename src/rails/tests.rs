@@ -478,7 +478,11 @@ async fn a_clock_stepped_back_cannot_stretch_a_cooldown() {
     let saved = rails.save(&written).unwrap();
     // Read back with the wall clock a day behind the file: the cooldown keeps its 5 minutes.
     let back = Rails::default();
-    back.restore(&saved, &state::Clock::restoring(written.wall_ms))
+    let stepped_back = state::Clock {
+        wall_ms: written.wall_ms - 86_400_000,
+        ..written
+    };
+    back.restore(&saved, &stepped_back.at_least(written.wall_ms))
         .unwrap();
     let cooling_until = back
         .lock()
