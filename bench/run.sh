@@ -37,7 +37,7 @@ fi
 # The daemon measured is the one users run: `cargo bench` builds the binary with the
 # dev-dependencies' features too (tokio's test-util clock, ~3% slower per request), and writes
 # it where `cargo build --release` writes its own, so the release build is copied aside first.
-if [ -z "${BENCH_ONLY:-}" ] || [[ "$only" == *,throughput,* || "$only" == *,reload,* || "$only" == *,scale,* || "$only" == *,soak,* ]]; then
+if [ -z "${BENCH_ONLY:-}" ] || [[ "$only" == *,throughput,* || "$only" == *,reload,* || "$only" == *,scale,* || "$only" == *,soak,* || "$only" == *,state,* ]]; then
     echo "== cargo build --release (the daemon measured)"
     cargo build --release
     target_dir="${CARGO_TARGET_DIR:-$PWD/target}"

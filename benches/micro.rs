@@ -1,5 +1,6 @@
 //! Criterion micro-benchmarks of the functions every `POST /anomaly` runs: matching, request
-//! parsing, record formatting, and the whole dispatch. Each group has a `reference…` entry
+//! parsing, record formatting, and the whole dispatch; and of the state file (`--state-dir`)
+//! with 100,000 cooldown keys, written and read back. Each group has a `reference…` entry
 //! (plain std / serde_json work of the same shape) that the system benchmark's report divides
 //! by. Run with `cargo bench --bench micro` (bench/run.sh does, with short timings);
 //! `BENCH_MICRO_WARMUP_SECS` and `BENCH_MICRO_SECS` set criterion's times.
@@ -27,6 +28,8 @@ use autohealer::dispatch::Dispatcher;
 use autohealer::log::json::JsonLines;
 use autohealer::log::records;
 use autohealer::map::{self, ReflexMap};
+use autohealer::rails::state::StateFile;
+use autohealer::rails::{NewSilence, Rails};
 
 /// The scale map's size, as in the system benchmark and SPEC §7.
 const SCALE_EXACT: usize = 100_000;
@@ -229,6 +232,19 @@ fn dispatcher(dir: &Path, name: &str, text: &str) -> Dispatcher {
     )
 }
 
+/// `dispatcher` with ten silences in force, none covering the benchmark's names: what every
+/// anomaly pays to be checked against them (SPEC §11).
+fn silenced(dispatcher: Dispatcher) -> Dispatcher {
+    for i in 0..10 {
+        let silence = NewSilence::new(&format!("maint.{i}.**"), "1h", "")
+            .unwrap_or_else(|err| panic!("silence: {err}"));
+        dispatcher
+            .add_silence(silence)
+            .unwrap_or_else(|err| panic!("silence: {err}"));
+    }
+    dispatcher
+}
+
 fn dispatching(c: &mut Criterion) {
     let mut group = c.benchmark_group("dispatch");
     let dir = tempfile::tempdir().unwrap_or_else(|err| panic!("temp dir: {err}"));
@@ -251,6 +267,15 @@ fn dispatching(c: &mut Criterion) {
             ),
             mapgen::anomaly_body(&mapgen::exact_name(54_321)),
         ),
+        (
+            "parse + dispatch, small map, 10 silences covering other names",
+            silenced(dispatcher(
+                dir.path(),
+                "silenced.yml",
+                &mapgen::throughput_map(),
+            )),
+            mapgen::anomaly_body(mapgen::THROUGHPUT_NAME),
+        ),
     ];
     for (label, dispatcher, body) in &cases {
         group.bench_function(*label, |b| {
@@ -269,6 +294,70 @@ fn dispatching(c: &mut Criterion) {
     group.finish();
 }
 
+/// Cooldown keys in the state-file benchmark: ten reflexes' tables full (SPEC §8 bounds each at
+/// 10,000), the most a flood of distinct names can make the daemon remember in ten patterns.
+const STATE_KEYS: usize = 100_000;
+
+/// Rails holding `STATE_KEYS` cooldown keys, as a flood across ten pattern reflexes leaves them.
+fn rails_with_cooldown_keys() -> Rails {
+    let tables = STATE_KEYS / autohealer::rails::MAX_KEYS_PER_REFLEX;
+    let mut text = String::from("workflows: {page: {}}\nreflexes:\n");
+    for t in 0..tables {
+        text.push_str(&format!(
+            "  'flood{t}.**': {{workflow: page, cooldown: 1h}}\n"
+        ));
+    }
+    let map = compile(&text);
+    let rails = Rails::default();
+    let now = tokio::time::Instant::now();
+    let details = Details::empty();
+    for i in 0..STATE_KEYS {
+        let name = format!("flood{}.host-{i:06}.disk.full", i % tables);
+        let selected = map.select(&name, &details).expect("a flood reflex matches");
+        let admitted = rails.admit(&map, selected, &Arc::from(name.as_str()), &name, now);
+        assert!(admitted.result.is_ok(), "{name} was held back");
+    }
+    rails
+}
+
+/// The state file (SPEC §9, §11): writing and reading back 100,000 cooldown keys, against
+/// writing the same bytes with the same fsync, the floor under any format.
+fn state_file(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rails = rails_with_cooldown_keys();
+    let file = StateFile::new(dir.path().to_path_buf(), vec![Arc::new(rails)]);
+    let bytes = file.save().expect("the state file is written");
+    let written = std::fs::read(file.path()).expect("the state file is read");
+    println!(
+        "state file with {STATE_KEYS} cooldown keys: {bytes} bytes ({:.1} MiB, {:.0} bytes a key)",
+        bytes as f64 / (1024.0 * 1024.0),
+        bytes as f64 / STATE_KEYS as f64
+    );
+    let mut group = c.benchmark_group("state");
+    // Each run writes megabytes and waits for the disk: ten samples say enough.
+    group.sample_size(10);
+    group.bench_function(
+        "save 100k cooldown keys: copy, JSON, write, fsync, rename",
+        |b| b.iter(|| file.save().expect("the state file is written")),
+    );
+    group.bench_function("restore 100k cooldown keys", |b| {
+        b.iter(|| {
+            let restored = Rails::default();
+            let again = StateFile::new(dir.path().to_path_buf(), vec![Arc::new(restored)]);
+            black_box(again.restore())
+        })
+    });
+    let floor = dir.path().join("floor");
+    group.bench_function("reference: write and fsync the same bytes", |b| {
+        b.iter(|| {
+            let mut out = std::fs::File::create(&floor).expect("create");
+            out.write_all(&written).expect("write");
+            out.sync_all().expect("fsync");
+        })
+    });
+    group.finish();
+}
+
 fn config() -> Criterion {
     let secs = |name: &str, default: f64| {
         std::env::var(name)
@@ -284,6 +373,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = micro;
     config = config();
-    targets = matching, parsing, record_formatting, dispatching
+    targets = matching, parsing, record_formatting, dispatching, state_file
 }
 criterion_main!(micro);

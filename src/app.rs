@@ -1,11 +1,15 @@
 //! The daemon's life: startup order, signal handling, and shutdown order.
 //!
 //! Startup: load the map and the token (fail fast, exit 78) → bind, or take the socket systemd
-//! passed → start the reloader and watcher → `READY=1` and the watchdog → serve.
-//! Shutdown: `STOPPING=1` → stop accepting → drain connections → wait for running actions → stop
-//! the reloader; the caller then drops the log guard, which flushes every record.
+//! passed → start the reloader and watcher → restore the state file (`--state-dir`) and start
+//! the task that keeps it → `READY=1` and the watchdog → serve.
+//! Shutdown: `STOPPING=1` → stop accepting → drain connections → wait for running actions →
+//! write the state a last time → stop the reloader; the caller then drops the log guard, which
+//! flushes every record.
 
 use std::fmt;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -27,6 +31,7 @@ use crate::http::{self, AlertReceiver, ServerState, ALERT_MEMORY_ENTRIES};
 use crate::log::records::{self, Trigger};
 use crate::map::{self, LoadError, LoadedMap};
 use crate::metrics;
+use crate::rails::state::{Persisted, Restored, StateFile, Within, SAVE_INTERVAL};
 use crate::reload::{ReloadMessage, Reloader};
 
 /// After the shutdown deadline, how long cancelled actions get to kill their processes and
@@ -156,10 +161,10 @@ async fn serve(
         cancel_actions.clone(),
         args.dry_run,
     );
-    // Verification windows are judged when they end, with no request needed (SPEC §9).
-    let sweeper = dispatcher.spawn_sweeper();
     let budget = dispatcher.clone();
     metrics::global().watch_budget(move || budget.budget_remaining());
+    let silences = dispatcher.silences().clone();
+    metrics::global().watch_silences(move || silences.active_count(Instant::now()));
     let state = Arc::new(ServerState {
         dispatcher,
         map,
@@ -171,6 +176,15 @@ async fn serve(
         log: log.clone(),
         alerts: AlertReceiver::new(ALERT_MEMORY_ENTRIES),
     });
+    // Before the first request and the sweeper's first look: what the last run remembered.
+    let state_file = restore_state(args.state_dir.as_deref(), &state, &log);
+    let stop_saving = CancellationToken::new();
+    let saver = state_file
+        .clone()
+        .map(|file| tokio::spawn(keep_state(file, log.clone(), stop_saving.clone())));
+    // Verification windows are judged and silences ended when they end, with no request
+    // needed (SPEC §9).
+    let sweeper = state.dispatcher.spawn_sweeper();
     records::listening(&log, addr, &args.map.config, activated);
     if token.is_none() && !addr.ip().is_loopback() {
         records::listening_without_token(&log, addr);
@@ -236,6 +250,11 @@ async fn serve(
             records::shutdown_timed_out(&log, "cancelled healing actions");
         }
     }
+    // The actions' last word (breakers, windows) is in: write the state once more.
+    stop_saving.cancel();
+    if let Some(saver) = saver {
+        let _ = saver.await;
+    }
     let _ = reload_tx.send(ReloadMessage::Stop);
     let _ = tokio::task::spawn_blocking(move || reload_thread.join()).await;
     if let Some(watchdog) = watchdog {
@@ -243,6 +262,92 @@ async fn serve(
     }
     sweeper.abort();
     Ok(())
+}
+
+/// The state file in `dir`, restored into `state`; `None` without a state dir. Nothing here
+/// stops the daemon: a file it cannot use is a WARN and a fresh start (SPEC §9).
+fn restore_state(
+    dir: Option<&Path>,
+    state: &Arc<ServerState>,
+    log: &Logger,
+) -> Option<Arc<StateFile>> {
+    let Some(dir) = dir else {
+        records::state_in_memory(log);
+        return None;
+    };
+    // Every kind of state the daemon keeps across restarts: one entry each.
+    let parts: Vec<Arc<dyn Persisted>> = vec![
+        Arc::new(state.dispatcher.rails().clone()),
+        Arc::new(state.dispatcher.silences().clone()),
+        // Alertmanager's duplicate memory lives in the server's state.
+        Arc::new(Within::new(state.clone(), |state| &state.alerts)),
+    ];
+    // A run outside systemd may name a directory not made yet; if this fails, the first write
+    // says why.
+    let _ = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir);
+    let file = StateFile::new(dir.to_path_buf(), parts);
+    let path = file.path();
+    let restored_from = match file.restore() {
+        Restored::Nothing => None,
+        Restored::File {
+            written_at,
+            discarded,
+        } => {
+            for (part, reason) in &discarded {
+                records::state_discarded(log, &path, Some(part), reason);
+            }
+            Some(written_at)
+        }
+        Restored::Discarded(reason) => {
+            records::state_discarded(log, &path, None, &reason);
+            None
+        }
+    };
+    records::state_on_disk(log, &path, restored_from);
+    Some(Arc::new(file))
+}
+
+/// Writes the state at most once every `SAVE_INTERVAL` while it changes, and once more when
+/// `stop` is cancelled. A write that fails (a read-only or full disk) is said once and retried
+/// every interval until one succeeds; the daemon serves on meanwhile.
+async fn keep_state(file: Arc<StateFile>, log: Logger, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(SAVE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pending = false;
+    let mut failing = false;
+    loop {
+        let stopping = tokio::select! {
+            _ = ticks.tick() => false,
+            () = stop.cancelled() => true,
+        };
+        pending |= file.take_changed();
+        if pending {
+            // File writes and fsyncs block: off the async workers.
+            let writer = file.clone();
+            let written = tokio::task::spawn_blocking(move || writer.save())
+                .await
+                .unwrap_or_else(|panicked| Err(std::io::Error::other(panicked.to_string())));
+            match written {
+                Ok(_) => {
+                    pending = false;
+                    if std::mem::take(&mut failing) {
+                        records::state_write_recovered(&log, &file.path());
+                    }
+                }
+                Err(err) => {
+                    if !std::mem::replace(&mut failing, true) {
+                        records::state_write_failed(&log, &file.path(), &err);
+                    }
+                }
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
 }
 
 /// The stop and reload signals' streams; from their creation on, none of them kills the daemon.
@@ -283,5 +388,66 @@ async fn wait_for_signals(
                 let _ = reload.send(ReloadMessage::Reload { trigger: Trigger::Signal, reply: None });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use serde_json::value::RawValue;
+
+    use super::*;
+    use crate::rails::state::{Changes, Clock};
+
+    /// A part that counts how often it is written.
+    #[derive(Default)]
+    struct Counted {
+        changes: Changes,
+        saves: AtomicUsize,
+    }
+
+    impl Persisted for Counted {
+        fn name(&self) -> &'static str {
+            "counted"
+        }
+        fn take_changed(&self) -> bool {
+            self.changes.take()
+        }
+        fn save(&self, _clock: &Clock) -> serde_json::Result<Box<RawValue>> {
+            self.saves.fetch_add(1, Ordering::SeqCst);
+            serde_json::value::to_raw_value(&0)
+        }
+        fn restore(&self, _saved: &RawValue, _clock: &Clock) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_state_is_written_at_most_once_a_second_while_it_changes_and_at_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = Arc::new(Counted::default());
+        let file = Arc::new(StateFile::new(dir.path().to_path_buf(), vec![part.clone()]));
+        let stop = CancellationToken::new();
+        let log = Logger::root(slog::Discard, slog::o!());
+        let task = tokio::spawn(keep_state(file.clone(), log, stop.clone()));
+        let saves = || part.saves.load(Ordering::SeqCst);
+        let start = Instant::now();
+        // Nothing changes: nothing is written.
+        tokio::time::sleep_until(start + Duration::from_millis(2500)).await;
+        assert_eq!(saves(), 0);
+        // A change every 100 ms for two seconds: one write a second.
+        for step in 1..=20 {
+            part.changes.mark();
+            tokio::time::sleep_until(start + Duration::from_millis(2500 + 100 * step)).await;
+        }
+        assert!((1..=2).contains(&saves()), "{} writes", saves());
+        let before_stop = saves();
+        // Stopping writes what changed since the last write, at once.
+        part.changes.mark();
+        stop.cancel();
+        task.await.unwrap();
+        assert_eq!(saves(), before_stop + 1);
+        assert!(file.path().exists());
     }
 }

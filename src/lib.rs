@@ -6,7 +6,8 @@
 //! - `map`: `reflex_map.yml` — schema, `compile` into a `ReflexMap`, matcher, templates, and
 //!   `load` with its checks; the `MapHandle` every reader loads the map in force from.
 //! - `actions`: what a dispatched workflow does (log, exec, webhook) and how it ended.
-//! - `rails`: the safety rails that hold an action back (cooldown, in-flight, breaker).
+//! - `rails`: the safety rails that hold an action back (cooldown, in-flight, breaker, budget,
+//!   verification, silences), and the state file that keeps them across restarts.
 //! - `metrics`: the Prometheus registry.
 //! - `log`: one function per log record (`log::records`), the JSON and term formats, the
 //!   queue to stderr and the audit file.
@@ -17,7 +18,8 @@
 //!   history of recent actions.
 //! - `reload`: the `Reloader`, sole writer of the map handle, and the file watcher.
 //! - `http`: the API — accept loop, connection slots, routes, Alertmanager's webhook.
-//! - `cli`: the command line: `check`, `send`, `explain`, `schema`, `completions`, `man`.
+//! - `cli`: the command line: `check`, `send`, `silence` (with `client`, what the two share),
+//!   `explain`, `schema`, `completions`, `man`.
 //! - `app`: the daemon's life — startup order, signals, shutdown order.
 //!
 //! The binary (`main.rs`) only parses the command line and maps errors to exit codes; the library

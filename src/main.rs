@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use autohealer::cli::{self, check, completions, explain, man, schema, send};
+use autohealer::cli::{self, check, completions, explain, man, schema, send, silence};
 use autohealer::host::{journald, systemd};
 use autohealer::{app, log};
 
@@ -60,13 +60,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        cli::Command::Send(args) => match send::run(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("autohealer: {err:#}");
-                ExitCode::FAILURE
-            }
-        },
+        cli::Command::Send(args) => client_exit(send::run(&args)),
+        cli::Command::Silence(args) => client_exit(silence::run(&args)),
         cli::Command::Explain(args) => match explain::run(&args) {
             explain::Verdict::Matched => ExitCode::SUCCESS,
             explain::Verdict::Unmatched => ExitCode::FAILURE,
@@ -94,6 +89,18 @@ fn print(text: &[u8]) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("autohealer: cannot write to stdout: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The exit code of a subcommand that asks a running daemon: 0 when it did, 1 (with the
+/// reason on stderr) when it refused or could not be reached.
+fn client_exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("autohealer: {err:#}");
             ExitCode::FAILURE
         }
     }

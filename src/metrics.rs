@@ -106,33 +106,47 @@ struct VerifiedLabels {
     verdict: &'static str,
 }
 
-/// Reads the budget's remaining actions at scrape time: `None` while the map sets no budget.
-type BudgetSource = Box<dyn Fn() -> Option<u32> + Send + Sync>;
+/// Reads a gauge's value at scrape time: `None` while it has nothing to say.
+type GaugeSource = Box<dyn Fn() -> Option<i64> + Send + Sync>;
 
-/// `autohealer_budget_remaining`, read from the rails when scraped, so it is never stale while
-/// the window rolls on with no action; absent while the map sets no budget.
-#[derive(Clone, Default)]
-struct BudgetRemaining(Arc<RwLock<Option<BudgetSource>>>);
+/// A gauge read from the daemon's state when scraped, so it is never stale while time moves
+/// on with no event (a budget window rolling over, a silence running out); absent while its
+/// source answers `None`. `autohealer_budget_remaining` and `autohealer_silences_active`.
+#[derive(Clone)]
+struct ScrapedGauge {
+    name: &'static str,
+    help: &'static str,
+    source: Arc<RwLock<Option<GaugeSource>>>,
+}
 
-impl fmt::Debug for BudgetRemaining {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("BudgetRemaining")
+impl ScrapedGauge {
+    fn new(name: &'static str, help: &'static str) -> ScrapedGauge {
+        ScrapedGauge {
+            name,
+            help,
+            source: Arc::default(),
+        }
+    }
+
+    fn watch(&self, read: GaugeSource) {
+        *self.source.write().unwrap_or_else(PoisonError::into_inner) = Some(read);
     }
 }
 
-impl Collector for BudgetRemaining {
+impl fmt::Debug for ScrapedGauge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl Collector for ScrapedGauge {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let source = self.0.read().unwrap_or_else(PoisonError::into_inner);
-        let Some(remaining) = source.as_ref().and_then(|read| read()) else {
+        let source = self.source.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(value) = source.as_ref().and_then(|read| read()) else {
             return Ok(());
         };
-        let gauge = ConstGauge::new(i64::from(remaining));
-        let metric = encoder.encode_descriptor(
-            "budget_remaining",
-            "Exec and webhook actions the global budget (limits.actions) allows now",
-            None,
-            gauge.metric_type(),
-        )?;
+        let gauge = ConstGauge::new(value);
+        let metric = encoder.encode_descriptor(self.name, self.help, None, gauge.metric_type())?;
         gauge.encode(metric)
     }
 }
@@ -172,7 +186,8 @@ pub struct Metrics {
     reflexes: Gauge,
     // `workflow` as in `actions`; `verdict` is `healed` or `not_healed`.
     actions_verified: Family<VerifiedLabels, Counter>,
-    budget_remaining: BudgetRemaining,
+    budget_remaining: ScrapedGauge,
+    silences_active: ScrapedGauge,
     audit_write_errors: Counter,
 }
 
@@ -233,7 +248,14 @@ impl Metrics {
                 "Healing actions judged after their verify window, by workflow and verdict",
                 Family::default(),
             ),
-            budget_remaining: BudgetRemaining::default(),
+            budget_remaining: ScrapedGauge::new(
+                "budget_remaining",
+                "Exec and webhook actions the global budget (limits.actions) allows now",
+            ),
+            silences_active: ScrapedGauge::new(
+                "silences_active",
+                "Silences in force: anomalies they cover run nothing",
+            ),
             audit_write_errors: register(
                 r,
                 "audit_write_errors",
@@ -242,9 +264,9 @@ impl Metrics {
             ),
             registry,
         };
-        metrics
-            .registry
-            .register_collector(Box::new(metrics.budget_remaining.clone()));
+        for gauge in [&metrics.budget_remaining, &metrics.silences_active] {
+            metrics.registry.register_collector(Box::new(gauge.clone()));
+        }
 
         // Series that exist from the start, so rate() and absent() work before the first event.
         for source in [Source::Http, Source::Alertmanager] {
@@ -359,11 +381,14 @@ impl Metrics {
 
     /// Makes `read` the source of `autohealer_budget_remaining`, read at every scrape.
     pub fn watch_budget(&self, read: impl Fn() -> Option<u32> + Send + Sync + 'static) {
-        *self
-            .budget_remaining
-            .0
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Box::new(read));
+        self.budget_remaining
+            .watch(Box::new(move || read().map(i64::from)));
+    }
+
+    /// Makes `read` the source of `autohealer_silences_active`, read at every scrape.
+    pub fn watch_silences(&self, read: impl Fn() -> usize + Send + Sync + 'static) {
+        self.silences_active
+            .watch(Box::new(move || i64::try_from(read()).ok()));
     }
 
     /// A map with `reflexes` reflexes was loaded at `at`.
@@ -514,6 +539,11 @@ mod tests {
         );
         assert_eq!(value(&text, "autohealer_budget_remaining"), "7");
         assert!(text.contains("# TYPE autohealer_budget_remaining gauge"));
+        assert!(!text.contains("autohealer_silences_active"));
+        metrics.watch_silences(|| 3);
+        let text = metrics.encode().unwrap();
+        assert_eq!(value(&text, "autohealer_silences_active"), "3");
+        assert!(text.contains("# TYPE autohealer_silences_active gauge"));
 
         metrics.map_unchanged();
         let text = metrics.encode().unwrap();

@@ -6,6 +6,7 @@ mod actions;
 mod alertmanager;
 mod alertmanager_real;
 mod autonomy;
+mod brakes;
 mod cli;
 mod completions;
 mod exec_hardening;

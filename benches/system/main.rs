@@ -2,7 +2,7 @@
 //! reference measured in the same run. Run it with `bench/run.sh` (which installs wrk and also
 //! runs the micro-benchmarks) or `cargo bench --bench system`.
 //!
-//! Sections (`BENCH_ONLY=throughput,reload,scale,micro` picks some):
+//! Sections (`BENCH_ONLY=throughput,reload,scale,state,micro` picks some):
 //! - throughput and memory: `POST /anomaly` to a log-only workflow with JSON logs written to a
 //!   file, against a bare hyper server (`reference.rs`); resident memory idle and under load.
 //! - reload (`reload.rs`): save → first request that sees the new map, in place, by rename and
@@ -11,6 +11,8 @@
 //!   under load.
 //! - scale: a map of 100,000 exact names and 1,000 patterns, its load time against a plain
 //!   YAML parse of the same file, and its dispatch rate against a one-reflex map.
+//! - state: `--state-dir` and the other brakes of SPEC §9 (verify, a budget, silences) against
+//!   the same daemon without them (`state.rs`).
 //! - micro: criterion's latest results, if `cargo bench --bench micro` ran first.
 //! - soak, only when `BENCH_ONLY` names it: minutes of mixed load with memory sampled and every
 //!   answer checked against the audit log (`soak.rs`).
@@ -25,6 +27,7 @@ mod reference;
 mod reload;
 mod report;
 mod soak;
+mod state;
 
 #[path = "../support/mapgen.rs"]
 mod mapgen;
@@ -231,8 +234,8 @@ impl Bench {
         self.daemon_with(map, name, &[])
     }
 
-    /// `daemon`, with `extra` arguments.
-    fn daemon_with(&self, map: &Path, name: &str, extra: &[&str]) -> Result<Server> {
+    /// `daemon`, with `extra` arguments on its command line.
+    fn daemon_with(&self, map: &Path, name: &str, extra: &[String]) -> Result<Server> {
         let logs = self.scratch.join("logs");
         std::fs::create_dir_all(&logs)
             .with_context(|| format!("cannot create {}", logs.display()))?;
@@ -280,7 +283,7 @@ fn run() -> Result<()> {
         settings.wrk_threads,
         pinning.as_ref().map(|p| p.client_cpu),
     );
-    let needs_wrk = ["throughput", "reload", "scale"]
+    let needs_wrk = ["throughput", "reload", "scale", "state"]
         .iter()
         .any(|s| settings.wants(s));
     let wrk = match wrk {
@@ -346,6 +349,10 @@ fn run() -> Result<()> {
     if settings.names("soak") {
         println!("soak");
         soak::soak(&bench, &mut report)?;
+    }
+    if settings.wants("state") {
+        println!("state");
+        state::state(&bench, &mut report)?;
     }
     if settings.wants("micro") {
         let criterion_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))

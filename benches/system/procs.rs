@@ -200,6 +200,8 @@ pub struct Server {
     pub startup: Duration,
     /// The daemon's stderr (its JSON log), kept on disk.
     pub log: Option<PathBuf>,
+    /// The daemon's `--state-dir`, when it has one.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Server {
@@ -254,7 +256,7 @@ impl Server {
         log: &Path,
         cpu: Option<usize>,
         what: &str,
-        extra: &[&str],
+        extra: &[String],
     ) -> Result<Server> {
         // A new file, appended to: `rotate_log` can then empty it under the running daemon.
         let stderr = OpenOptions::new()
@@ -291,6 +293,11 @@ impl Server {
             guard,
             addr,
             log: Some(log.to_path_buf()),
+            state_dir: extra
+                .iter()
+                .position(|arg| arg == "--state-dir")
+                .and_then(|at| extra.get(at + 1))
+                .map(PathBuf::from),
         })
     }
 
@@ -325,6 +332,7 @@ impl Server {
             guard,
             addr,
             log: None,
+            state_dir: None,
         })
     }
 }

@@ -473,8 +473,14 @@ pub fn soak(bench: &Bench, report: &mut Report) -> Result<()> {
     let map = bench.write_map("soak.yml", &soak_map(target.addr, 0))?;
     let audit_log = bench.scratch.join("logs/soak-audit.log");
     std::fs::create_dir_all(bench.scratch.join("logs"))?;
-    let mut daemon =
-        bench.daemon_with(&map, "soak", &["--audit-log", &audit_log.to_string_lossy()])?;
+    let mut daemon = bench.daemon_with(
+        &map,
+        "soak",
+        &[
+            "--audit-log".to_string(),
+            audit_log.to_string_lossy().into_owned(),
+        ],
+    )?;
     let pid = daemon.pid();
     println!(
         "  {} s at {} requests/s on {} connections",

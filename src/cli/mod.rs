@@ -1,16 +1,19 @@
-//! The command line (SPEC §1, §10): `run` (the default), `check`, `send`, and the tools for the
-//! people who edit the map (`explain`, `schema`, `completions`, `man`), each subcommand's work in a file of its own.
+//! The command line (SPEC §1, §9, §10): `run` (the default), `check`, `send`, `silence`, and the
+//! tools for the people who edit the map (`explain`, `schema`, `completions`, `man`), each
+//! subcommand's work in a file of its own; `client` is what `send` and `silence` share.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod check;
+pub mod client;
 pub mod completions;
 pub mod explain;
 pub mod man;
 pub mod schema;
 pub mod send;
+pub mod silence;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -25,10 +28,11 @@ pub struct Cli {
 }
 
 /// Words that name a subcommand or ask clap for help, so `run` is not put in front of them.
-const NOT_RUN: [&str; 13] = [
+const NOT_RUN: [&str; 14] = [
     "run",
     "check",
     "send",
+    "silence",
     "explain",
     "schema",
     "completions",
@@ -85,6 +89,10 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the manual page (roff): `autohealer man | man -l -`.
     Man(ManArgs),
+    /// Silence anomalies for a while (maintenance), list the silences in force, or end one, in
+    /// a running daemon; exit 0 when the daemon did it, 1 when it refused or could not be
+    /// reached.
+    Silence(silence::SilenceArgs),
 }
 
 /// `-c, --config FILE`: the reflex map `run` loads and watches, and `explain` consults.
@@ -123,6 +131,11 @@ pub struct RunArgs {
     /// Also append every healing-action record to FILE as a JSON line.
     #[arg(long, value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
+    /// Keep cooldowns, breakers, pending verifications, the budget, silences and Alertmanager's
+    /// duplicates in DIR/state.json, so a restart does not re-arm a flapping remedy (default:
+    /// in memory only). The systemd unit passes its StateDirectory.
+    #[arg(long, env = "AUTOHEALER_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Log actions as they would run, but execute no command or webhook.
     #[arg(long)]
     pub dry_run: bool,
@@ -332,6 +345,56 @@ mod tests {
             parse(["autohealer", "man"]).unwrap().into_command(),
             Command::Man(ManArgs { dir: None })
         ));
+    }
+
+    #[test]
+    fn silence_takes_an_action_and_the_clients_options_anywhere() {
+        let cli = parse([
+            "autohealer",
+            "silence",
+            "add",
+            "nginx.**",
+            "--for",
+            "2h",
+            "--comment",
+            "upgrade",
+            "--url",
+            "http://h:9/",
+        ])
+        .unwrap();
+        match cli.into_command() {
+            Command::Silence(args) => {
+                assert_eq!(args.client.url.as_str(), "http://h:9/");
+                match args.action {
+                    silence::SilenceAction::Add {
+                        matcher,
+                        duration,
+                        comment,
+                    } => {
+                        assert_eq!(matcher, "nginx.**");
+                        assert_eq!(duration, "2h");
+                        assert_eq!(comment.as_deref(), Some("upgrade"));
+                    }
+                    other => panic!("expected add, got {other:?}"),
+                }
+            }
+            other => panic!("expected silence, got {other:?}"),
+        }
+        let cli = parse(["autohealer", "silence", "--token-file", "t", "list"]).unwrap();
+        match cli.into_command() {
+            Command::Silence(args) => {
+                assert_eq!(args.client.token_file, Some(PathBuf::from("t")));
+                assert!(matches!(args.action, silence::SilenceAction::List));
+            }
+            other => panic!("expected silence, got {other:?}"),
+        }
+        for bad in [
+            &["autohealer", "silence"][..],
+            &["autohealer", "silence", "add", "a"],
+            &["autohealer", "silence", "expire"],
+        ] {
+            assert!(parse(bad.iter().copied()).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -19,6 +19,11 @@ pub enum DispatchOutcome {
         workflow: Arc<str>,
         reason: SuppressReason,
     },
+    /// Held back by an operator's silence: `suppressed`, reason `silenced`, and its id.
+    Silenced {
+        workflow: Arc<str>,
+        silence_id: Uuid,
+    },
     Unmatched,
     /// Shutdown has begun: nothing new starts, so the sender should try again later (503).
     ShuttingDown,
@@ -42,6 +47,15 @@ impl DispatchOutcome {
                 reason: Some(reason.as_str()),
                 ..answer
             },
+            DispatchOutcome::Silenced {
+                workflow,
+                silence_id,
+            } => Answer {
+                workflow: Some(workflow),
+                reason: Some(SuppressReason::Silenced.as_str()),
+                silence_id: Some(*silence_id),
+                ..answer
+            },
             DispatchOutcome::Unmatched | DispatchOutcome::ShuttingDown => answer,
         }
     }
@@ -49,7 +63,7 @@ impl DispatchOutcome {
     fn status(&self) -> &'static str {
         match self {
             DispatchOutcome::Dispatched { .. } => "dispatched",
-            DispatchOutcome::Suppressed { .. } => "suppressed",
+            DispatchOutcome::Suppressed { .. } | DispatchOutcome::Silenced { .. } => "suppressed",
             DispatchOutcome::Unmatched => "unmatched",
             DispatchOutcome::ShuttingDown => "shutting_down",
         }
@@ -66,6 +80,8 @@ pub struct Answer<'a> {
     pub workflow: Option<&'a str>,
     pub action_id: Option<Uuid>,
     pub reason: Option<&'static str>,
+    /// The silence that held the anomaly back (reason `silenced`).
+    pub silence_id: Option<Uuid>,
 }
 
 impl<'a> Answer<'a> {
@@ -77,6 +93,7 @@ impl<'a> Answer<'a> {
             workflow: None,
             action_id: None,
             reason: None,
+            silence_id: None,
         }
     }
 
@@ -95,19 +112,15 @@ impl<'a> Answer<'a> {
             write_string(out, workflow);
         }
         if let Some(action_id) = self.action_id {
-            out.extend_from_slice(b",\"action_id\":\"");
-            out.extend_from_slice(
-                action_id
-                    .hyphenated()
-                    .encode_lower(&mut Uuid::encode_buffer())
-                    .as_bytes(),
-            );
-            out.push(b'"');
+            write_uuid(out, b",\"action_id\":\"", action_id);
         }
         if let Some(reason) = self.reason {
             out.extend_from_slice(b",\"reason\":\"");
             out.extend_from_slice(reason.as_bytes());
             out.push(b'"');
+        }
+        if let Some(silence_id) = self.silence_id {
+            write_uuid(out, b",\"silence_id\":\"", silence_id);
         }
         out.push(b'}');
     }
@@ -118,6 +131,17 @@ impl<'a> Answer<'a> {
         self.write_json(&mut out);
         out
     }
+}
+
+/// `key` (up to the opening quote), the id in lower-case hex, and the closing quote.
+fn write_uuid(out: &mut Vec<u8>, key: &[u8], id: Uuid) {
+    out.extend_from_slice(key);
+    out.extend_from_slice(
+        id.hyphenated()
+            .encode_lower(&mut Uuid::encode_buffer())
+            .as_bytes(),
+    );
+    out.push(b'"');
 }
 
 #[cfg(test)]
@@ -168,5 +192,16 @@ mod tests {
                        "reason": word})
             );
         }
+        // The silence's reason comes with its id.
+        let silence_id = Uuid::now_v7();
+        let silenced = DispatchOutcome::Silenced {
+            workflow: Arc::from(workflow),
+            silence_id,
+        };
+        assert_eq!(
+            parse(&silenced),
+            json!({"status": "suppressed", "anomaly": name, "workflow": workflow,
+                   "reason": "silenced", "silence_id": silence_id.to_string()})
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! What follows an action (SPEC §9): the records of what the rails judged (not healed,
 //! verified, a breaker or the budget tripped, a full table), the escalation of an action that
 //! failed or relapsed, Alertmanager's `resolved` as a verdict, and the sweeper task that judges
-//! quiet verification windows when they end, with no request needed.
+//! quiet verification windows and ends silences when they run out, with no request needed.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::silences::EXPIRED_BY_TIME;
 use super::{action_id, Dispatcher, Verdict};
 use crate::actions::ActionRun;
 use crate::anomaly::{Details, JsonObject, Source};
@@ -106,6 +107,17 @@ impl Dispatcher {
         limits: Limits,
     ) {
         let now = Instant::now();
+        // A silence on the anomaly stops every action it would start, escalations too.
+        if let Some(silence_id) = self.silences.find(from.anomaly, now) {
+            records::escalation_silenced(
+                &self.log,
+                from.anomaly,
+                &to.name,
+                silence_id,
+                from.action_id,
+            );
+            return;
+        }
         let Admission { result, events } = self.rails.admit_escalation(to, limits, now);
         if let Some(exhausted) = &events.budget_exhausted {
             records::budget_exhausted(&self.log, exhausted);
@@ -172,9 +184,10 @@ impl Dispatcher {
         }
     }
 
-    /// Starts the sweeper: it judges each quiet verification window as it ends and, once every
-    /// `SWEEP_INTERVAL`, forgets idle rail state. It sleeps until the earliest of the two, so it
-    /// costs nothing while there is nothing to judge; it runs until the runtime stops.
+    /// Starts the sweeper: it judges each quiet verification window as it ends, ends each
+    /// silence as it runs out and, once every `SWEEP_INTERVAL`, forgets idle rail state. It
+    /// sleeps until the earliest of these, so it costs nothing while there is nothing to do; it
+    /// runs until the runtime stops.
     pub fn spawn_sweeper(&self) -> JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move { this.sweep_forever().await })
@@ -183,16 +196,20 @@ impl Dispatcher {
     async fn sweep_forever(self) {
         let mut housekeeping_at = Instant::now() + SWEEP_INTERVAL;
         loop {
-            let wake = self
-                .rails
-                .next_deadline()
-                .map_or(housekeeping_at, |end| end.min(housekeeping_at));
+            let wake = [self.rails.next_deadline(), self.silences.next_end()]
+                .into_iter()
+                .flatten()
+                .fold(housekeeping_at, Instant::min);
             tokio::select! {
                 () = tokio::time::sleep_until(wake) => {}
                 // A window that ends sooner opened: sleep again, until it ends.
                 () = self.sweeper.notified() => continue,
             }
             let now = Instant::now();
+            // At most `MAX_SILENCES`: one batch.
+            for ended in self.silences.expire_due(now) {
+                records::silence_expired(&self.log, &ended, EXPIRED_BY_TIME);
+            }
             let mut housekeeping = now >= housekeeping_at;
             if housekeeping {
                 housekeeping_at = now + SWEEP_INTERVAL;

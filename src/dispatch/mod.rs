@@ -2,11 +2,14 @@
 //! rails, one triggered record, then the action on the task tracker so shutdown can wait for it.
 //! `answer` writes what the caller is told; `history` keeps the recent actions for
 //! `GET /actions`; `follow_up` does what comes after an action: its verdict, its escalation,
-//! and the sweeper that judges quiet verification windows on time.
+//! and the sweeper that judges quiet verification windows and ends silences on time;
+//! `silences` adds and ends the operators' silences, which are checked here after the match
+//! and before every rail.
 
 mod answer;
 mod follow_up;
 mod history;
+mod silences;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -25,7 +28,7 @@ use crate::actions::{self, ActionReport, ActionRun, Outcome};
 use crate::anomaly::{Anomaly, Source};
 use crate::log::records;
 use crate::map::{MapHandle, Workflow};
-use crate::rails::{Admission, Permit, Rails};
+use crate::rails::{Admission, Permit, Rails, Silences};
 
 pub use answer::{Answer, DispatchOutcome};
 pub use history::{ActionEntry, ActionHistory, Verdict, HISTORY_CAPACITY};
@@ -54,6 +57,8 @@ pub struct Dispatcher {
     map: MapHandle,
     log: Logger,
     rails: Rails,
+    /// The operators' silences, checked before the rails.
+    silences: Silences,
     history: ActionHistory,
     /// Every running action, so shutdown can wait for each 202 to get its finished record.
     tracker: TaskTracker,
@@ -80,6 +85,7 @@ impl Dispatcher {
             map,
             log,
             rails: Rails::default(),
+            silences: Silences::default(),
             history: ActionHistory::default(),
             tracker,
             cancel,
@@ -100,6 +106,16 @@ impl Dispatcher {
         &self.history
     }
 
+    /// The rail state, for the state file.
+    pub fn rails(&self) -> &Rails {
+        &self.rails
+    }
+
+    /// The silences in force, for `GET /silences` and the state file.
+    pub fn silences(&self) -> &Silences {
+        &self.silences
+    }
+
     /// Matches `anomaly`; when a case takes it and the rails admit it, writes the triggered
     /// record and starts the action.
     pub fn dispatch(&self, anomaly: Anomaly, source: Source) -> DispatchOutcome {
@@ -116,6 +132,23 @@ impl Dispatcher {
         let (case, workflow) = (selected.case, selected.workflow);
         let admitted_at = Instant::now();
         let key = case.key_for(&anomaly.name, &anomaly.details);
+        if let Some(silence_id) = self.silences.find(&anomaly.name, admitted_at) {
+            // Silenced: nothing runs, but a recurrence still tells a window its remedy did
+            // not hold (a silence stops actions, not the learning; SPEC §9).
+            let events = self
+                .rails
+                .observe(&snapshot.map, selected.reflex, &key, admitted_at);
+            drop(key);
+            if !events.is_empty() {
+                let details = Arc::new(anomaly.details);
+                self.report(events, &snapshot, &anomaly.name, &details, source);
+            }
+            records::action_silenced(&self.log, &anomaly.name, &workflow.name, silence_id, source);
+            return DispatchOutcome::Silenced {
+                workflow: workflow.name.clone(),
+                silence_id,
+            };
+        }
         let Admission { result, events } =
             self.rails
                 .admit(&snapshot.map, selected, &anomaly.name, &key, admitted_at);

@@ -6,8 +6,9 @@
 //! has acted on and answers `duplicate` for the rest. The memory lives in the server's state,
 //! outside the reflex map, so a reload does not forget it; it is bounded, least recently seen
 //! first out, and so is each key: a fingerprint must be Alertmanager's 16 hex digits and a
-//! `startsAt` a timestamp's length, or the alert is `invalid` (SPEC §8). A `resolved` alert runs
-//! nothing, but heals the actions still waiting for their verdict on it (SPEC §9
+//! `startsAt` a timestamp's length, or the alert is `invalid` (SPEC §8). The memory is kept in
+//! the state file (SPEC §9), so a restart does not act on a re-sent alert twice. A `resolved`
+//! alert runs nothing, but heals the actions still waiting for their verdict on it (SPEC §9
 //! "Verification").
 
 use std::num::NonZeroUsize;
@@ -16,6 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use indexmap::IndexMap;
 use lru::LruCache;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use slog::Logger;
 
@@ -23,6 +25,7 @@ use crate::anomaly::{validate_name, Anomaly, Details, JsonObject, Source};
 use crate::dispatch::{Answer, DispatchOutcome, Dispatcher};
 use crate::log::json::write_string;
 use crate::log::records;
+use crate::rails::state::{Changes, Clock, Persisted};
 
 /// The webhook payload version this module reads (Alertmanager 0.x sends "4").
 pub const PAYLOAD_VERSION: &str = "4";
@@ -194,6 +197,8 @@ type AlertKey = (u64, String);
 pub struct AlertReceiver {
     /// Alerts whose anomaly was dispatched (or is being dispatched), least recently seen first.
     acted_on: Mutex<LruCache<AlertKey, ()>>,
+    /// Set when `acted_on` changes, for the state file.
+    changes: Changes,
 }
 
 impl AlertReceiver {
@@ -201,6 +206,7 @@ impl AlertReceiver {
     pub fn new(entries: NonZeroUsize) -> AlertReceiver {
         AlertReceiver {
             acted_on: Mutex::new(LruCache::new(entries)),
+            changes: Changes::default(),
         }
     }
 
@@ -248,6 +254,7 @@ impl AlertReceiver {
         if !matches!(outcome, DispatchOutcome::Dispatched { .. }) {
             // Nothing was acted on: a re-send may match a reflex added since, so let it through.
             self.lock().pop(&key);
+            self.changes.mark();
         }
         AlertResult::Dispatched {
             anomaly: name,
@@ -258,12 +265,57 @@ impl AlertReceiver {
     /// Records `key` as acted on; false when it already was (which refreshes it).
     fn claim(&self, key: &AlertKey) -> bool {
         // `put` refreshes a key already there and says whether it was.
+        self.changes.mark();
         self.lock().put(key.clone(), ()).is_none()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<AlertKey, ()>> {
         // The cache holds no invariant a panicking holder could break.
         self.acted_on.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The memory in the state file: `[fingerprint, startsAt]` pairs, the fingerprint in
+/// Alertmanager's 16 hex digits, least recently seen first.
+impl Persisted for AlertReceiver {
+    fn name(&self) -> &'static str {
+        "alerts"
+    }
+
+    fn take_changed(&self) -> bool {
+        self.changes.take()
+    }
+
+    fn save(&self, _clock: &Clock) -> serde_json::Result<Box<RawValue>> {
+        let memory = self.lock();
+        let keys: Vec<(String, &str)> = memory
+            .iter()
+            .rev()
+            .map(|((fingerprint, starts_at), ())| {
+                (format!("{fingerprint:016x}"), starts_at.as_str())
+            })
+            .collect();
+        serde_json::value::to_raw_value(&keys)
+    }
+
+    fn restore(&self, saved: &RawValue, _clock: &Clock) -> Result<(), String> {
+        let keys: Vec<(String, String)> =
+            serde_json::from_str(saved.get()).map_err(|e| e.to_string())?;
+        let mut memory = self.lock();
+        memory.clear();
+        // Keys that are not Alertmanager's are dropped; the cache keeps its bound, so the most
+        // recent keys stay.
+        for (fingerprint, starts_at) in keys {
+            let fingerprint = (fingerprint.len() == 16)
+                .then(|| u64::from_str_radix(&fingerprint, 16).ok())
+                .flatten();
+            if let Some(fingerprint) =
+                fingerprint.filter(|_| starts_at.len() <= MAX_STARTS_AT_BYTES)
+            {
+                memory.put((fingerprint, starts_at), ());
+            }
+        }
+        Ok(())
     }
 }
 
@@ -395,6 +447,28 @@ mod tests {
             with("4f6cb5ae4e6d3a8f", &"9".repeat(65)).unwrap_err(),
             "the alert's `startsAt` is 65 bytes long; a timestamp has at most 64"
         );
+    }
+
+    #[test]
+    fn the_memory_comes_back_in_its_order_from_the_state_file() {
+        let receiver = AlertReceiver::new(NonZeroUsize::new(2).unwrap());
+        let key = |n: u8| (u64::from(n), "t".to_string());
+        receiver.claim(&key(1));
+        receiver.claim(&key(2));
+        receiver.claim(&key(1)); // 2 is now the least recent
+        assert!(receiver.take_changed());
+        let saved = receiver.save(&Clock::now()).unwrap();
+        assert_eq!(
+            saved.get(),
+            r#"[["0000000000000002","t"],["0000000000000001","t"]]"#
+        );
+        let restored = AlertReceiver::new(NonZeroUsize::new(2).unwrap());
+        restored.restore(&saved, &Clock::now()).unwrap();
+        assert!(!restored.claim(&key(1)));
+        assert!(restored.claim(&key(3)), "evicts 2, still the least recent");
+        assert!(restored.claim(&key(2)));
+        let bad = RawValue::from_string(r#"{"a": 1}"#.into()).unwrap();
+        assert!(restored.restore(&bad, &Clock::now()).is_err());
     }
 
     #[test]

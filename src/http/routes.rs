@@ -1,6 +1,6 @@
-//! The routes of the API (SPEC §2) and their answers: the routing table, the bearer-token
-//! check, the body limits (content type, size, read timeout), and `ApiError`, which turns every
-//! failure into a status and a `{"error": ...}` body.
+//! The routes of the API (SPEC §2, and §9's silences) and their answers: the routing table, the
+//! bearer-token check, the body limits (content type, size, read timeout), and `ApiError`, which
+//! turns every failure into a status and a `{"error": ...}` body.
 //!
 //! Handlers are generic over the request body, so the routing table and every error answer are
 //! tested in-process, without a socket; the binary-level tests in `tests/` cover the rest.
@@ -18,6 +18,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+use uuid::Uuid;
 
 use super::alertmanager::AlertResult;
 use super::ServerState;
@@ -25,6 +26,7 @@ use crate::anomaly::{Anomaly, Source};
 use crate::dispatch::{DispatchOutcome, HISTORY_CAPACITY};
 use crate::log::records::Trigger;
 use crate::metrics;
+use crate::rails::{NewSilence, SilenceError};
 use crate::reload::{ReloadMessage, ReloadOutcome};
 
 /// What a request body may be: hyper's `Incoming` when served, any `Body` in tests.
@@ -114,6 +116,15 @@ async fn route(
             allow(&method, Method::POST, "POST")?;
             post_reload(state).await
         }
+        "/silences" => match method {
+            Method::GET => Ok(get_silences(state)),
+            Method::POST => post_silence(state, request, deadline).await,
+            _ => Err(not_allowed(&method, "GET, POST")),
+        },
+        path if path.starts_with(SILENCE_PREFIX) => {
+            allow(&method, Method::DELETE, "DELETE")?;
+            delete_silence(state, &path[SILENCE_PREFIX.len()..])
+        }
         path => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no such endpoint: {path}"),
@@ -145,11 +156,16 @@ fn allow(method: &Method, expected: Method, allow: &'static str) -> Result<(), A
     if *method == expected {
         return Ok(());
     }
-    Err(ApiError {
+    Err(not_allowed(method, allow))
+}
+
+/// 405 for `method`, with the methods the path takes in `Allow`.
+fn not_allowed(method: &Method, allow: &'static str) -> ApiError {
+    ApiError {
         status: StatusCode::METHOD_NOT_ALLOWED,
         message: format!("method {method} is not allowed here; use {allow}"),
         header: Some((ALLOW, allow)),
-    })
+    }
 }
 
 async fn post_anomaly(
@@ -164,7 +180,9 @@ async fn post_anomaly(
     let outcome = state.dispatcher.dispatch(anomaly, Source::Http);
     let status = match outcome {
         DispatchOutcome::Dispatched { .. } => StatusCode::ACCEPTED,
-        DispatchOutcome::Suppressed { .. } | DispatchOutcome::Unmatched => StatusCode::OK,
+        DispatchOutcome::Suppressed { .. }
+        | DispatchOutcome::Silenced { .. }
+        | DispatchOutcome::Unmatched => StatusCode::OK,
         DispatchOutcome::ShuttingDown => return Err(shutting_down()),
     };
     Ok(json_bytes_response(
@@ -360,6 +378,48 @@ fn get_actions(state: &ServerState, query: Option<&str>) -> Result<HttpResponse,
     ))
 }
 
+/// The path of one silence, before its id: `DELETE /silences/ID`.
+const SILENCE_PREFIX: &str = "/silences/";
+
+/// `GET /silences`: the silences in force, oldest first.
+fn get_silences(state: &ServerState) -> HttpResponse {
+    let silences = state.dispatcher.active_silences();
+    json_response(StatusCode::OK, &json!({ "silences": silences }))
+}
+
+/// `POST /silences`: 201 with the new silence; 400 for a bad matcher, duration or comment; 429
+/// when the table is full.
+async fn post_silence(
+    state: &ServerState,
+    request: Request<impl RequestBody>,
+    deadline: Instant,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_json_body(state, request, deadline).await?;
+    let new = NewSilence::from_json(&body)
+        .map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, message))?;
+    match state.dispatcher.add_silence(new) {
+        Ok(silence) => Ok(json_response(StatusCode::CREATED, &silence)),
+        Err(full @ SilenceError::Full) => Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            full.to_string(),
+        )),
+    }
+}
+
+/// `DELETE /silences/ID`: ends the silence now; 404 when none in force has that id.
+fn delete_silence(state: &ServerState, id: &str) -> Result<HttpResponse, ApiError> {
+    let expired = Uuid::try_parse(id)
+        .ok()
+        .and_then(|id| state.dispatcher.expire_silence(id));
+    match expired {
+        Some(_) => Ok(json_response(StatusCode::OK, &json!({"status": "expired"}))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no silence in force has the id {id:?}"),
+        )),
+    }
+}
+
 async fn post_reload(state: &ServerState) -> Result<HttpResponse, ApiError> {
     let (reply, outcome) = oneshot::channel();
     let unavailable = || {
@@ -516,6 +576,8 @@ mod tests {
             ("/reflexes", "GET", Method::PUT),
             ("/actions", "GET", Method::POST),
             ("/-/reload", "POST", Method::GET),
+            ("/silences", "GET, POST", Method::DELETE),
+            ("/silences/x", "DELETE", Method::GET),
         ] {
             let response = handle_now(state, with_body(request(wrong.clone(), path), "")).await;
             assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{path}");
@@ -664,6 +726,12 @@ mod tests {
             (Method::GET, "/actions"),
             (Method::POST, "/-/reload"),
             (Method::POST, "/alertmanager"),
+            (Method::GET, "/silences"),
+            (Method::POST, "/silences"),
+            (
+                Method::DELETE,
+                "/silences/0190c0de-0000-7000-8000-000000000000",
+            ),
         ] {
             let response = handle_now(state, bare(method, path)).await;
             assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path}");
@@ -747,6 +815,108 @@ mod tests {
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"error": "the reloader is not running"})
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn silences_are_added_listed_honoured_and_expired() {
+        let fixture = fixture();
+        let state = &fixture.state;
+        let post = |body: &str| with_body(request(Method::POST, "/silences"), body);
+        let (status, silence) = send(
+            state,
+            post(r#"{"matcher": "a.*", "duration": "2h", "comment": "up"}"#),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(silence["matcher"], "a.*");
+        assert_eq!(silence["comment"], "up");
+        let id = silence["id"].as_str().unwrap().to_string();
+        let starts = humantime::parse_rfc3339(silence["starts_at"].as_str().unwrap()).unwrap();
+        let ends = humantime::parse_rfc3339(silence["ends_at"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            ends.duration_since(starts).unwrap(),
+            Duration::from_secs(7200)
+        );
+
+        let (status, list) = send(state, with_body(request(Method::GET, "/silences"), "")).await;
+        assert_eq!(
+            (status, list),
+            (StatusCode::OK, json!({"silences": [silence]}))
+        );
+
+        // The matched anomaly is held back, with the silence's id.
+        let anomaly = with_body(request(Method::POST, "/anomaly"), r#"{"name": "a.b"}"#);
+        let (status, body) = send(state, anomaly).await;
+        assert_eq!(
+            (status, body),
+            (
+                StatusCode::OK,
+                json!({"status": "suppressed", "anomaly": "a.b", "workflow": "page",
+                       "reason": "silenced", "silence_id": id})
+            )
+        );
+
+        let delete = |id: &str| with_body(request(Method::DELETE, &format!("/silences/{id}")), "");
+        let (status, body) = send(state, delete(&id)).await;
+        assert_eq!(
+            (status, body),
+            (StatusCode::OK, json!({"status": "expired"}))
+        );
+        let (status, body) = send(state, delete(&id)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            body,
+            json!({"error": format!("no silence in force has the id \"{id}\"")})
+        );
+        let (status, _) = send(state, delete("not-an-id")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (_, list) = send(state, with_body(request(Method::GET, "/silences"), "")).await;
+        assert_eq!(list, json!({"silences": []}));
+        let anomaly = with_body(request(Method::POST, "/anomaly"), r#"{"name": "a.b"}"#);
+        assert_eq!(send(state, anomaly).await.0, StatusCode::ACCEPTED);
+    }
+
+    #[tokio::test]
+    async fn bad_silences_say_what_is_wrong() {
+        let fixture = fixture();
+        let state = &fixture.state;
+        let post = |body: &str| with_body(request(Method::POST, "/silences"), body);
+        let (status, body) = send(state, post(r#"{"matcher": "a", "duration": "0s"}"#)).await;
+        assert_eq!(
+            (status, body),
+            (
+                StatusCode::BAD_REQUEST,
+                json!({"error": "a silence lasts from 1s to 30d, not `0s`"})
+            )
+        );
+        let (status, body) = send(state, post(r#"{"matcher": "a.***", "duration": "1h"}"#)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            body["error"],
+            "invalid pattern `a.***`: `***` is ambiguous; use `*` within a segment or `**` across dots"
+        );
+        // The body limit of every endpoint applies.
+        let long = format!(
+            r#"{{"matcher": "a", "duration": "1h", "comment": "{}"}}"#,
+            "x".repeat(64)
+        );
+        assert_eq!(
+            send(state, post(&long)).await.0,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        // A full table: 429 with the reason.
+        for _ in 0..crate::rails::MAX_SILENCES {
+            let (status, _) = send(state, post(r#"{"matcher": "z", "duration": "1h"}"#)).await;
+            assert_eq!(status, StatusCode::CREATED);
+        }
+        let (status, body) = send(state, post(r#"{"matcher": "z", "duration": "1h"}"#)).await;
+        assert_eq!(
+            (status, body),
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                json!({"error": "1000 silences are in force, the most the daemon keeps; expire one first"})
             )
         );
     }

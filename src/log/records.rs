@@ -14,7 +14,9 @@ use crate::actions::{ActionReport, ActionRun};
 use crate::anomaly::Source;
 use crate::map::LoadedMap;
 use crate::metrics::{self, Received};
-use crate::rails::{BudgetExhausted, CircuitOpened, NotHealed, Overflow, SuppressReason, Verified};
+use crate::rails::{
+    BudgetExhausted, CircuitOpened, NotHealed, Overflow, Silence, SuppressReason, Verified,
+};
 
 /// The slog tag of the records that describe healing actions: what the audit log keeps.
 /// (A tag survives slog-async's channel; the message's static string does not.)
@@ -194,6 +196,110 @@ pub fn action_suppressed(
         "anomaly" => anomaly,
     );
     metrics::global().anomaly_received(source, Received::Suppressed);
+}
+
+/// WARN `healing action suppressed` for an anomaly an operator's silence covers: reason
+/// `silenced`, and the silence's id (SPEC §9 "Silences").
+pub fn action_silenced(
+    log: &Logger,
+    anomaly: &str,
+    workflow: &str,
+    silence_id: Uuid,
+    source: Source,
+) {
+    warn!(log, #AUDIT_TAG, "healing action suppressed";
+        "silence_id" => &*silence_id.hyphenated().encode_lower(&mut Uuid::encode_buffer()),
+        "reason" => SuppressReason::Silenced.as_str(),
+        "workflow" => workflow,
+        "anomaly" => anomaly,
+    );
+    metrics::global().anomaly_received(source, Received::Suppressed);
+}
+
+/// WARN `healing action suppressed` for an escalation a silence on its anomaly held back: a
+/// silence stops every action the anomaly would start, escalations too.
+pub fn escalation_silenced(
+    log: &Logger,
+    anomaly: &str,
+    workflow: &str,
+    silence_id: Uuid,
+    escalated_from: Uuid,
+) {
+    warn!(log, #AUDIT_TAG, "healing action suppressed";
+        "escalated_from" => &*escalated_from.hyphenated().encode_lower(&mut Uuid::encode_buffer()),
+        "silence_id" => &*silence_id.hyphenated().encode_lower(&mut Uuid::encode_buffer()),
+        "reason" => SuppressReason::Silenced.as_str(),
+        "workflow" => workflow,
+        "anomaly" => anomaly,
+    );
+}
+
+/// INFO `silence added`: from now until `ends_at`, anomalies the matcher covers run nothing.
+pub fn silence_added(log: &Logger, silence: &Silence) {
+    info!(log, #AUDIT_TAG, "silence added";
+        "ends_at" => %humantime::format_rfc3339_seconds(silence.ends_at),
+        "comment" => &silence.comment,
+        "matcher" => silence.matcher(),
+        "silence_id" => &*silence.id.hyphenated().encode_lower(&mut Uuid::encode_buffer()),
+    );
+}
+
+/// INFO `silence expired`: the silence no longer holds anything back; `expired_by` is `time`
+/// (it ran out) or `request` (`DELETE /silences/ID`).
+pub fn silence_expired(log: &Logger, silence: &Silence, expired_by: &'static str) {
+    info!(log, #AUDIT_TAG, "silence expired";
+        "expired_by" => expired_by,
+        "matcher" => silence.matcher(),
+        "silence_id" => &*silence.id.hyphenated().encode_lower(&mut Uuid::encode_buffer()),
+    );
+}
+
+/// INFO `state kept in memory`: no `--state-dir`, so a restart forgets cooldowns, breakers,
+/// verifications, the budget, silences and Alertmanager's duplicates.
+pub fn state_in_memory(log: &Logger) {
+    info!(log, "state kept in memory";
+        "hint" => "pass --state-dir (or set AUTOHEALER_STATE_DIR) to keep it across restarts",
+    );
+}
+
+/// INFO `state kept on disk`: the rails' state is written to `path`; `restored_from` is when
+/// the file read at startup was written, if one was.
+pub fn state_on_disk(log: &Logger, path: &Path, restored_from: Option<SystemTime>) {
+    match restored_from {
+        Some(written) => info!(log, "state kept on disk";
+            "restored_from" => %humantime::format_rfc3339_millis(written),
+            "path" => %path.display(),
+        ),
+        None => info!(log, "state kept on disk"; "path" => %path.display()),
+    }
+}
+
+/// WARN `state discarded`: the state file (or one part of it, `part`) could not be used; the
+/// daemon starts afresh rather than refuse to heal.
+pub fn state_discarded(log: &Logger, path: &Path, part: Option<&str>, reason: &str) {
+    match part {
+        Some(part) => warn!(log, "state discarded";
+            "reason" => reason,
+            "part" => part,
+            "path" => %path.display(),
+        ),
+        None => warn!(log, "state discarded"; "reason" => reason, "path" => %path.display()),
+    }
+}
+
+/// WARN `state write failed`: the state could not be written (a read-only or full disk); the
+/// daemon serves on and retries every second. Once per run of failures.
+pub fn state_write_failed(log: &Logger, path: &Path, error: &std::io::Error) {
+    warn!(log, "state write failed";
+        "hint" => "the daemon keeps serving and retries; a restart now would forget recent state",
+        "error" => %error,
+        "path" => %path.display(),
+    );
+}
+
+/// INFO `state write recovered`: the state file is written again after failures.
+pub fn state_write_recovered(log: &Logger, path: &Path) {
+    info!(log, "state write recovered"; "path" => %path.display());
 }
 
 /// CRIT `circuit opened`: a workflow failed too often and is suspended until `until`.

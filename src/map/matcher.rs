@@ -86,6 +86,12 @@ impl Pattern {
         &self.source
     }
 
+    /// Whether the pattern matches all of `name`: for one pattern on its own, such as a
+    /// silence's (SPEC §9), where building a `Matcher` would cost more than it saves.
+    pub fn matches(&self, name: &str) -> bool {
+        tokens_match(&self.tokens, name)
+    }
+
     /// The pattern as a regex anchored at both ends: for the patterns the head index does not
     /// take.
     fn regex(&self) -> String {

@@ -5,12 +5,14 @@
 //! - `in_flight`: `max_concurrent` per workflow;
 //! - `breaker`: the circuit breaker per workflow;
 //! - `budget`: the global budget of exec and webhook actions;
-//! - `verification`: verification windows and the order they end in.
+//! - `verification`: verification windows and the order they end in;
+//! - `silences`: the operators' maintenance windows, checked before every other rail;
+//! - `state` and `saved`: the state file that carries all of it across a restart.
 //!
 //! The state lives here, outside the reflex map, so a reload never re-arms a flapping workflow:
 //! it is keyed by reflex, key and workflow names, and each check reads the rail settings from
 //! the map snapshot that matched. `RailState` is plain data, one field per kind of state, so it
-//! can be written out and read back whole. Critical sections are short `std::sync::Mutex`
+//! can be written out and read back whole (`saved`). Critical sections are short `std::sync::Mutex`
 //! sections, never held across an `.await`. The rails change state and report what happened
 //! (`RailEvents`); the dispatcher writes the records.
 
@@ -18,6 +20,9 @@ mod breaker;
 mod budget;
 mod in_flight;
 mod keys;
+mod saved;
+mod silences;
+pub mod state;
 mod verification;
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,12 +33,17 @@ use uuid::Uuid;
 
 use crate::actions::Outcome;
 use crate::anomaly::JsonObject;
-use crate::map::{Action, Breaker, Budget, Limits, ReflexMap, Selected, Workflow};
+use crate::map::{Action, Breaker, Budget, Limits, Reflex, ReflexMap, Selected, Workflow};
+use state::Changes;
 
 pub use breaker::{BreakerState, Breakers, CircuitOpened};
 pub use budget::{BudgetExhausted, BudgetState};
 pub use in_flight::InFlight;
 pub use keys::{KeyState, KeyTable, KeyTables, MAX_KEYS_PER_REFLEX};
+pub use silences::{
+    NewSilence, Silence, SilenceError, Silences, MAX_COMMENT_CHARS, MAX_SILENCES,
+    MAX_SILENCE_DURATION, MIN_SILENCE_DURATION,
+};
 pub use verification::{Deadlines, NotHealed, Verified, VerifiedBy, Window, WindowAt};
 
 /// How often idle per-key state is swept out, and how seldom `rail state overflow` is repeated.
@@ -50,6 +60,8 @@ pub enum SuppressReason {
     InFlight,
     CircuitOpen,
     Budget,
+    /// An operator's silence covers the anomaly (SPEC §9 "Silences").
+    Silenced,
 }
 
 impl SuppressReason {
@@ -60,6 +72,7 @@ impl SuppressReason {
             SuppressReason::InFlight => "in_flight",
             SuppressReason::CircuitOpen => "circuit_open",
             SuppressReason::Budget => "budget",
+            SuppressReason::Silenced => "silenced",
         }
     }
 }
@@ -143,6 +156,8 @@ pub struct Finished {
 #[derive(Clone, Default)]
 pub struct Rails {
     state: Arc<Mutex<RailState>>,
+    /// Set whenever something the state file keeps changes (`saved`).
+    changes: Changes,
 }
 
 /// Everything the rails remember, one field per kind of state.
@@ -178,40 +193,9 @@ impl Rails {
         let mut events = RailEvents::default();
         let mut guard = self.lock();
         let state = &mut *guard;
-        let mut cooling = false;
-        // Only a reflex with a cooldown or a verify window keeps per-key state.
+        let cooling = judge_arrival(state, map, reflex, key, now, &mut events);
         if reflex.keyed {
-            let mut slot = state.keys.table(&reflex.key).slot(key, now);
-            if matches!(slot, keys::Slot::Overflow(_)) {
-                events.overflow = warn_overflow(&mut state.overflow_warned_at, &reflex.key, now);
-            }
-            if let Some(key_state) = slot.state() {
-                verification::on_arrival(
-                    key_state,
-                    &mut state.deadlines,
-                    now,
-                    &mut events.not_healed,
-                    &mut events.verified,
-                );
-                cooling = key_state.cooling(now);
-            }
-        }
-        for failed in &events.not_healed {
-            // A remedy that did not hold counts against its workflow's breaker.
-            let Some(failed_workflow) = map.workflows.get(&*failed.workflow) else {
-                continue;
-            };
-            let Some(config) = failed_workflow.breaker else {
-                continue;
-            };
-            if let Some(opened) = state
-                .breakers
-                .record_failure(&failed_workflow.name, config, now)
-            {
-                events
-                    .circuits_opened
-                    .push((failed_workflow.name.clone(), opened));
-            }
+            self.changes.mark();
         }
         if cooling {
             return Admission {
@@ -228,6 +212,9 @@ impl Rails {
                 }
             }
         };
+        if permit.counted && map.limits.actions.is_some() {
+            self.changes.mark(); // the budget spent one
+        }
         if !case.cooldown.is_zero() {
             let (key_state, _) = state.keys.table(&reflex.key).state_for(key, now);
             key_state.cooldown_until = Some(now + case.cooldown);
@@ -251,12 +238,27 @@ impl Rails {
         }
     }
 
+    /// An arrival the rails are not asked to admit, because a silence holds it back: the
+    /// windows open on its key are judged all the same (a silence stops actions, not the
+    /// learning; SPEC §9), and nothing else changes.
+    pub fn observe(&self, map: &ReflexMap, reflex: &Reflex, key: &str, now: Instant) -> RailEvents {
+        let mut events = RailEvents::default();
+        if reflex.keyed {
+            judge_arrival(&mut self.lock(), map, reflex, key, now, &mut events);
+            self.changes.mark();
+        }
+        events
+    }
+
     /// Admits an escalation to `workflow`: through its own breaker, in-flight bound and the
     /// budget, but never the cooldown of the anomaly that caused it (SPEC §9 "Escalation").
     pub fn admit_escalation(&self, workflow: &Workflow, limits: Limits, now: Instant) -> Admission {
         let mut events = RailEvents::default();
         let mut state = self.lock();
         let result = admit_run(&mut state, workflow, limits, now, &mut events);
+        if result.as_ref().is_ok_and(|permit| permit.counted) && limits.actions.is_some() {
+            self.changes.mark();
+        }
         Admission { result, events }
     }
 
@@ -278,6 +280,7 @@ impl Rails {
         let mut finished = Finished::default();
         if outcome != Outcome::Ok {
             if let Some(config) = breaker {
+                self.changes.mark();
                 finished.circuit_opened =
                     state.breakers.record_failure(&permit.workflow, config, now);
             }
@@ -315,6 +318,7 @@ impl Rails {
         finished.wake_sweeper = state.deadlines.add(&window, at);
         key_state.windows.push(window);
         finished.verifying = true;
+        self.changes.mark();
         finished
     }
 
@@ -334,6 +338,9 @@ impl Rails {
         };
         if let Some(key_state) = key_state {
             verification::on_resolved(key_state, &mut state.deadlines, anomaly, &mut verified);
+        }
+        if !verified.is_empty() {
+            self.changes.mark();
         }
         verified
     }
@@ -359,6 +366,9 @@ impl Rails {
         }
         if housekeeping {
             state.keys.sweep(now);
+        }
+        if !verified.is_empty() {
+            self.changes.mark();
         }
         verified
     }
@@ -386,6 +396,54 @@ impl Rails {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// Judges the windows open on `key` of `reflex` (arriving at `now`: the remedy did not hold),
+/// counting each failure against its workflow's breaker; true when the key is cooling down.
+fn judge_arrival(
+    state: &mut RailState,
+    map: &ReflexMap,
+    reflex: &Reflex,
+    key: &str,
+    now: Instant,
+    events: &mut RailEvents,
+) -> bool {
+    let mut cooling = false;
+    // Only a reflex with a cooldown or a verify window keeps per-key state.
+    if reflex.keyed {
+        let mut slot = state.keys.table(&reflex.key).slot(key, now);
+        if matches!(slot, keys::Slot::Overflow(_)) {
+            events.overflow = warn_overflow(&mut state.overflow_warned_at, &reflex.key, now);
+        }
+        if let Some(key_state) = slot.state() {
+            verification::on_arrival(
+                key_state,
+                &mut state.deadlines,
+                now,
+                &mut events.not_healed,
+                &mut events.verified,
+            );
+            cooling = key_state.cooling(now);
+        }
+    }
+    for failed in &events.not_healed {
+        // A remedy that did not hold counts against its workflow's breaker.
+        let Some(failed_workflow) = map.workflows.get(&*failed.workflow) else {
+            continue;
+        };
+        let Some(config) = failed_workflow.breaker else {
+            continue;
+        };
+        if let Some(opened) = state
+            .breakers
+            .record_failure(&failed_workflow.name, config, now)
+        {
+            events
+                .circuits_opened
+                .push((failed_workflow.name.clone(), opened));
+        }
+    }
+    cooling
 }
 
 /// The rails every run passes, escalations included: the breaker, then (for exec and webhook

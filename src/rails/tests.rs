@@ -392,3 +392,112 @@ async fn the_budget_counts_exec_and_webhook_runs_only_and_trips_once() {
     assert_eq!(rails.budget_remaining(budget, rolled), 2);
     permit(admit(&rails, &map, "a.4", rolled));
 }
+
+/// The rails' state written at `written` and read back into new rails `later` on both clocks.
+fn restart(rails: &Rails, written: state::Clock, later: Duration) -> Rails {
+    use state::Persisted;
+    let saved = rails.save(&written).unwrap();
+    let restored = Rails::default();
+    let clock = state::Clock {
+        instant: written.instant + later,
+        wall_ms: written.wall_ms + later.as_millis() as u64,
+    };
+    restored.restore(&saved, &clock).unwrap();
+    restored
+}
+
+#[tokio::test(start_paused = true)]
+async fn cooldowns_breakers_windows_and_the_budget_survive_a_restart() {
+    use state::Persisted;
+    let map = compile(
+        "limits: {actions: {max: 3, within: 1h}}\nworkflows:\n  restart: {exec: {command: ['true']}, max_concurrent: 9, breaker: {failures: 1, within: 1h}}\n  fix: {exec: {command: ['true']}, max_concurrent: 9, breaker: {failures: 1, within: 1h}}\n  page: {}\nreflexes:\n  'nginx.*.down': {workflow: restart, verify: 10m, escalate: page}\n  'disk.*': {workflow: fix, cooldown: 5m}\n",
+    );
+    let rails = Rails::default();
+    let start = Instant::now();
+    assert!(!rails.take_changed());
+    healed_once(&rails, &map, "nginx.web1.down", start);
+    permit(admit(&rails, &map, "disk.a", start)); // the budget's second action
+    let failing = permit(admit(&rails, &map, "disk.b", start));
+    assert!(finish(&rails, &map, failing, Outcome::Failed, start)
+        .circuit_opened
+        .is_some());
+    assert!(rails.take_changed());
+    let written = state::Clock::now();
+
+    // Back a minute later: every kind of state still holds.
+    let back = restart(&rails, written, Duration::from_secs(60));
+    let now = start + Duration::from_secs(60);
+    assert_eq!(
+        reason(admit(&back, &map, "disk.a", now)),
+        SuppressReason::Cooldown
+    );
+    assert_eq!(
+        reason(admit(&back, &map, "disk.c", now)),
+        SuppressReason::CircuitOpen
+    );
+    assert_eq!(back.next_deadline(), Some(start + Duration::from_secs(600)));
+    assert_eq!(
+        back.budget_remaining(map.limits.actions.unwrap(), now),
+        0,
+        "three actions were spent"
+    );
+    let recurred = admit(&back, &map, "nginx.web1.down", now);
+    assert_eq!(recurred.events.not_healed.len(), 1);
+    assert_eq!(
+        recurred.events.not_healed[0].recurred_after,
+        Duration::from_secs(60)
+    );
+    assert_eq!(
+        recurred.events.not_healed[0].escalate.as_deref(),
+        Some("page")
+    );
+    assert_eq!(reason(recurred), SuppressReason::CircuitOpen);
+
+    // Back an hour later: it has all run out, and nothing is resurrected.
+    let late = restart(&rails, written, Duration::from_secs(3601));
+    let now = start + Duration::from_secs(3601);
+    assert!(late.lock().breakers.by_workflow.is_empty());
+    assert_eq!(late.budget_remaining(map.limits.actions.unwrap(), now), 3);
+    assert!(late.lock().keys.get("disk.*").is_none());
+    // The window ended while the daemon was down: due now, healed by the next sweep.
+    assert_eq!(late.next_deadline(), Some(now));
+    let verified = late.sweep(now, false);
+    assert_eq!(verified.len(), 1);
+    assert_eq!(verified[0].by, VerifiedBy::QuietWindow);
+    permit(admit(&late, &map, "disk.a", now));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_clock_stepped_back_cannot_stretch_a_cooldown() {
+    use state::Persisted;
+    let map = compile("workflows: {page: {}}\nreflexes: {'a.*': {workflow: page, cooldown: 5m}}\n");
+    let rails = Rails::default();
+    let start = Instant::now();
+    permit(admit(&rails, &map, "a.x", start));
+    let written = state::Clock::now();
+    let saved = rails.save(&written).unwrap();
+    // Read back with the wall clock a day behind the file: the cooldown keeps its 5 minutes.
+    let back = Rails::default();
+    let stepped_back = state::Clock {
+        wall_ms: written.wall_ms - 86_400_000,
+        ..written
+    };
+    back.restore(&saved, &stepped_back.at_least(written.wall_ms))
+        .unwrap();
+    let cooling_until = back
+        .lock()
+        .keys
+        .get("a.*")
+        .unwrap()
+        .peek(Some("a.x"))
+        .unwrap()
+        .cooldown_until;
+    assert_eq!(cooling_until, Some(start + Duration::from_secs(300)));
+    // A file that is not the rails' is refused whole, leaving the state as it was.
+    let bad = serde_json::value::RawValue::from_string(r#"{"keys": 5}"#.into()).unwrap();
+    assert!(back
+        .restore(&bad, &written)
+        .unwrap_err()
+        .starts_with("invalid type: integer `5`"));
+    assert!(back.lock().keys.get("a.*").is_some());
+}
