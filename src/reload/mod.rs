@@ -60,9 +60,6 @@ pub enum ReloadMessage {
     DirGone(PathBuf),
     /// The watcher itself failed; events may have been lost.
     WatchFailed(String),
-    /// The watcher was just armed: look at the file once, and run a reload pass only if it is
-    /// not the map in force (an edit made before the watch existed).
-    Recheck,
     /// Reload now, on behalf of SIGHUP or `POST /-/reload`, and answer on `reply` if given.
     Reload {
         trigger: Trigger,
@@ -284,7 +281,7 @@ impl Reloader {
             ReloadMessage::WatchFailed(error) => {
                 records::watcher_failed(&self.log, &error);
                 // The watcher may be dead: build a new one, then look at the file once, since
-                // events may have been lost meanwhile. A new watcher queues that look itself;
+                // events may have been lost meanwhile. A new watcher takes that look itself;
                 // without one, look now.
                 let rearmed = match self.watch.take() {
                     Some(old) => {
@@ -300,7 +297,6 @@ impl Reloader {
                     self.look();
                 }
             }
-            ReloadMessage::Recheck => self.look(),
             ReloadMessage::Reload { trigger, reply } => {
                 let outcome = self.reload(trigger);
                 if let Some(reply) = reply {
@@ -313,16 +309,19 @@ impl Reloader {
     }
 
     /// Builds a notify watcher feeding `messages`, arms it on the config's directory (and its
-    /// symlink target's), then asks for one look at the file (`Recheck`), so an edit made between
-    /// the startup load and now is not missed. The error is the watcher's own; a directory that
-    /// cannot be watched is reported by `arm` and tried again every `REARM_EVERY`.
+    /// symlink target's), then looks at the file once, so an edit made between the startup load
+    /// and now is not missed. The look runs here, before the caller goes on (at startup: before
+    /// the daemon says it is listening), rather than queued for the reload thread: queued, it
+    /// could run after a writer had begun its next save and load that file while still open.
+    /// The error is the watcher's own; a directory that cannot be watched is reported by `arm`
+    /// and tried again every `REARM_EVERY`.
     pub fn start_watching(&mut self, messages: mpsc::Sender<ReloadMessage>) -> notify::Result<()> {
         self.watch = Some(ConfigWatch::new(
             messages.clone(),
             watched_names(&self.path),
         )?);
         let _ = self.arm();
-        let _ = messages.send(ReloadMessage::Recheck);
+        self.look_at_file();
         Ok(())
     }
 
@@ -416,11 +415,9 @@ mod tests {
             .collect::<Vec<_>>()
         };
 
-        // Arming asks for the look; an unchanged file is no reload and no message.
-        let (messages, requests) = mpsc::channel();
+        // Arming takes the look; an unchanged file is no reload and no message.
+        let (messages, _requests) = mpsc::channel();
         reloader.start_watching(messages).unwrap();
-        assert!(matches!(requests.try_recv(), Ok(ReloadMessage::Recheck)));
-        reloader.look();
         assert_eq!(handle.load().generation, 1);
         assert_eq!(received(), Vec::<String>::new());
 
