@@ -152,6 +152,21 @@ fn parse(body: &[u8]) -> Result<Vec<Alert>, String> {
     }
 }
 
+/// One alert of a payload as `parse_payload` gives it: its anomaly name and details, or why it
+/// has none.
+pub type ParsedAlert = Result<(String, Details), String>;
+
+/// Everything `AlertReceiver::receive` derives from a body before it dispatches: the alerts, and
+/// each one's anomaly name and details (or why it has none). Public for the fuzz targets
+/// (`fuzz/`), which feed it arbitrary bytes; the server goes through `receive`.
+pub fn parse_payload(body: &[u8]) -> Result<Vec<ParsedAlert>, String> {
+    let alerts = parse(body)?;
+    Ok(alerts
+        .iter()
+        .map(|alert| Ok((alert.checked()?.0, alert.details())))
+        .collect())
+}
+
 /// What became of one alert, in the order of the payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AlertResult {

@@ -26,7 +26,7 @@ use crate::map::MapHandle;
 use crate::reload::ReloadMessage;
 use connections::{Close, ConnectionSlots, ReceivingBody};
 
-pub use alertmanager::{AlertReceiver, ALERT_MEMORY_ENTRIES};
+pub use alertmanager::{parse_payload, AlertReceiver, ALERT_MEMORY_ENTRIES};
 pub use routes::handle;
 
 /// What every request handler shares.
