@@ -9,12 +9,18 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 /// How long a server may take to start listening (the scale map is large).
 const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The CPUs the harness was allowed before it pinned itself (`Pinning::pin_self`), as a
+/// `taskset` list: a child started unpinned gets them all back instead of inheriting the
+/// harness's one CPU.
+static UNPINNED_CPUS: OnceLock<String> = OnceLock::new();
 
 /// A child process killed and reaped when dropped.
 pub struct ChildGuard {
@@ -89,6 +95,12 @@ impl Pinning {
     /// Pins this process (and the threads it starts later) to the client CPU, so its own
     /// polling never competes with the server under test.
     pub fn pin_self(&self) -> Result<()> {
+        let all = allowed_cpus()?
+            .iter()
+            .map(|cpu| cpu.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let _ = UNPINNED_CPUS.set(all);
         let status = Command::new("taskset")
             .args(["-p", "-c", &self.client_cpu.to_string()])
             .arg(std::process::id().to_string())
@@ -105,16 +117,19 @@ impl Pinning {
     }
 }
 
-/// `program args…`, prefixed with `taskset -c CPU` when `cpu` is given.
+/// `program args…`, prefixed with `taskset -c CPU` when `cpu` is given; without one, on every
+/// CPU the harness had before it pinned itself (if it did).
 pub fn pinned_command(cpu: Option<usize>, program: &Path) -> Command {
-    match cpu {
-        Some(cpu) => {
-            let mut command = Command::new("taskset");
-            command.arg("-c").arg(cpu.to_string()).arg(program);
-            command
-        }
-        None => Command::new(program),
-    }
+    let cpus = match cpu {
+        Some(cpu) => cpu.to_string(),
+        None => match UNPINNED_CPUS.get() {
+            Some(all) => all.clone(),
+            None => return Command::new(program),
+        },
+    };
+    let mut command = Command::new("taskset");
+    command.arg("-c").arg(cpus).arg(program);
+    command
 }
 
 /// The CPUs this process may run on, from `Cpus_allowed_list` (e.g. `0-1` or `0,2-3`).
