@@ -140,7 +140,7 @@ impl Report {
             out,
             "Produced by `bench/run.sh` (`cargo bench --bench system`, release profile). Every \
              figure is given beside a reference measured in the same run and their ratio; \
-             `MISSED` marks a goal of SPEC §7 that this run did not reach (the benchmark never \
+             `MISSED` marks a goal of SPEC §7 or §11 that this run did not reach (the benchmark never \
              fails on it). See docs/performance.md for what each figure means.\n"
         );
         out.push_str("## Machine\n\n");
