@@ -38,14 +38,15 @@ fn main() {
 }
 
 /// Whether rustc links this target with its own lld: the default for x86_64-unknown-linux-gnu
-/// since Rust 1.90, unless a linker is chosen in RUSTFLAGS or the environment.
+/// since Rust 1.90, unless a linker is chosen: in Cargo's configuration or environment (Cargo
+/// then tells build scripts through `RUSTC_LINKER`) or in RUSTFLAGS.
 fn links_with_rust_lld() -> bool {
+    println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
     let var = |name: &str| std::env::var(name).unwrap_or_default();
     if var("TARGET") != "x86_64-unknown-linux-gnu" || var("HOST") != var("TARGET") {
         return false;
     }
-    if var("CARGO_ENCODED_RUSTFLAGS").contains("link")
-        || std::env::var_os("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_some()
+    if var("CARGO_ENCODED_RUSTFLAGS").contains("link") || std::env::var_os("RUSTC_LINKER").is_some()
     {
         return false;
     }
