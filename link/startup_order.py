@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Writes link/startup.order: the daemon's functions and data in the order its first second
-touches them (startup on the shipped map, one log-only anomaly, a health check).
+touches them (startup on the shipped map with JSON logs and a state directory, as the systemd
+unit runs it; one log-only anomaly; a health check).
 
 build.rs hands the file to the linker (lld's --symbol-ordering-file), which lays those symbols
 out first and together. The kernel maps a binary's pages into a process 64 KiB at a time around
@@ -79,11 +80,14 @@ def trace(binary, config, scratch):
     """Runs the daemon under lackey; returns (trace file, load base)."""
     trace_path = os.path.join(scratch, "trace")
     log_path = os.path.join(scratch, "daemon.log")
+    # As the systemd unit runs it: JSON logs, a state directory.
+    state_dir = os.path.join(scratch, "state")
+    os.mkdir(state_dir, 0o700)
     with open(log_path, "w") as log:
         daemon = subprocess.Popen(
             ["valgrind", "--tool=lackey", "--trace-mem=yes", f"--log-file={trace_path}",
              binary, "run", "--listen", "127.0.0.1:0", "--log-format", "json",
-             "--config", config],
+             "--config", config, "--state-dir", state_dir],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
         )
     try:
