@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::procs::{self, Server};
 use crate::report::{Report, Verdict};
-use crate::{expect_answer, Bench, REFERENCE_FLAG};
+use crate::{expect_answer, summarize, Bench, REFERENCE_FLAG};
 
 /// SPEC §11: peak resident memory under the flood.
 const PEAK_GOAL_KIB: u64 = 32 * 1024;
@@ -58,7 +58,7 @@ pub fn flood(bench: &Bench, report: &mut Report) -> Result<()> {
         let memory = procs::memory(server.pid())?;
         peaks[i] = memory.hwm_kib.max(run.max_rss_kib);
         ends[i] = memory.rss_kib;
-        summaries.push(run.wrk);
+        summaries.push(summarize(std::slice::from_ref(&run)));
     }
     let (d, r) = (&summaries[0], &summaries[1]);
     report.memory_row(
@@ -80,21 +80,20 @@ pub fn flood(bench: &Bench, report: &mut Report) -> Result<()> {
     report.row(
         SECTION,
         "distinct names sent (requests/s)",
-        format!("{} ({:.0})", d.requests, d.rps()),
-        format!("{} ({:.0})", r.requests, r.rps()),
+        format!("{} ({:.0})", d.requests, d.rps),
+        format!("{} ({:.0})", r.requests, r.rps),
         "",
         "",
         Verdict::Info,
     );
-    let failed = d.socket_errors() + d.status;
     report.row(
         SECTION,
         "failed requests (socket errors + status >= 400)",
-        format!("{failed} of {}", d.requests),
-        format!("{} of {}", r.socket_errors() + r.status, r.requests),
+        format!("{} of {}", d.failed, d.requests),
+        format!("{} of {}", r.failed, r.requests),
         "",
         "0",
-        Verdict::of(failed == 0),
+        Verdict::of(d.failed == 0),
     );
     report.note(format!(
         "flood: {secs:.0} s of names never sent before, three in four under a reflex with a \

@@ -224,24 +224,22 @@ struct Bench {
     settings: Settings,
     pinning: Option<Pinning>,
     wrk: Wrk,
-    /// CPUs a server can keep busy: 1 when pinned (`server_cores`).
-    server_cores: f64,
     nproc: usize,
     daemon_binary: PathBuf,
     scratch: PathBuf,
 }
 
-/// CPUs a server can keep busy: its one CPU when pinned; unpinned, the CPUs wrk leaves it
-/// (wrk's one thread takes about as much CPU as the server answering it).
-fn server_cores(pinned: bool, nproc: usize) -> f64 {
-    if pinned {
-        1.0
-    } else {
-        (nproc as f64 - 1.0).max(1.0)
-    }
-}
-
 impl Bench {
+    /// CPUs a server can keep busy: its one CPU when pinned; unpinned, the CPUs wrk leaves it
+    /// (wrk's one thread takes about as much CPU as the server answering it).
+    fn server_cores(&self) -> f64 {
+        if self.pinning.is_some() {
+            1.0
+        } else {
+            (self.nproc as f64 - 1.0).max(1.0)
+        }
+    }
+
     /// The same bench with nothing pinned: servers and wrk on every CPU, for SPEC §11's
     /// unpinned figure (the daemon's log thread then competes with the client).
     fn unpinned(&self) -> Bench {
@@ -252,7 +250,6 @@ impl Bench {
                 cpu: None,
                 ..self.wrk.clone()
             },
-            server_cores: server_cores(false, self.nproc),
             nproc: self.nproc,
             daemon_binary: self.daemon_binary.clone(),
             scratch: self.scratch.clone(),
@@ -341,7 +338,6 @@ fn run() -> Result<()> {
         settings: settings.clone(),
         pinning: pinning.clone(),
         wrk,
-        server_cores: server_cores(pinning.is_some(), nproc),
         nproc,
         daemon_binary: settings
             .daemon
@@ -518,7 +514,7 @@ fn summarize(runs: &[LoadRun]) -> Summary {
 /// The verdict of a requests-per-second ratio: only meaningful when the reference kept its
 /// CPU busy; otherwise the client (starved by other load on the machine) set the pace.
 fn rps_verdict(bench: &Bench, reference: &Summary, ratio: f64, goal: f64) -> Verdict {
-    if reference.cores < 0.85 * bench.server_cores {
+    if reference.cores < 0.85 * bench.server_cores() {
         Verdict::ClientBound
     } else {
         Verdict::of(ratio >= goal)

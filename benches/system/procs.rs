@@ -73,6 +73,8 @@ impl Drop for ChildGuard {
 pub struct Pinning {
     pub server_cpu: usize,
     pub client_cpu: usize,
+    /// Every CPU the harness may use, for children started unpinned (`pin_self`).
+    all_cpus: Vec<usize>,
 }
 
 impl Pinning {
@@ -89,13 +91,15 @@ impl Pinning {
         Ok(Some(Pinning {
             server_cpu: cpus[0],
             client_cpu: cpus[1],
+            all_cpus: cpus,
         }))
     }
 
     /// Pins this process (and the threads it starts later) to the client CPU, so its own
     /// polling never competes with the server under test.
     pub fn pin_self(&self) -> Result<()> {
-        let all = allowed_cpus()?
+        let all = self
+            .all_cpus
             .iter()
             .map(|cpu| cpu.to_string())
             .collect::<Vec<_>>()
