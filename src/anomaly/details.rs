@@ -29,9 +29,11 @@ static EMPTY_TEXT: LazyLock<&'static RawValue> =
 impl Details {
     /// `{}`: what an anomaly without details has.
     pub fn empty() -> Details {
+        // Parsed, like any other details, only if a template asks: building an empty map here
+        // cost about 130 instructions per `POST /anomaly` (callgrind).
         Details {
             text: Cow::Borrowed(*EMPTY_TEXT),
-            parsed: OnceLock::from(JsonObject::new()),
+            parsed: OnceLock::new(),
         }
     }
 
