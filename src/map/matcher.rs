@@ -116,17 +116,24 @@ impl fmt::Display for Pattern {
     }
 }
 
+/// A table keyed by names from the map. Hashed with foldhash rather than std's SipHash: its
+/// keys are the operator's, inserted once per load, and a caller's name is only ever looked up,
+/// which cannot lengthen the table's probe sequences; the hasher is still seeded per process.
+/// SipHash was ~100 instructions of each `POST /anomaly` and 5% of loading a 100,000-name map
+/// (callgrind).
+type NameTable<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
+
 /// Finds the reflex for an anomaly name. Indices refer to the map's reflexes in file order.
 #[derive(Debug)]
 pub struct Matcher {
-    exact: HashMap<Box<str>, usize>,
+    exact: NameTable<usize>,
     /// Patterns by head: the literal text before the first wildcard, up to and including its
     /// last dot (`hit.p7.` for `hit.p7.web*.down`). A name can only match patterns whose head is
     /// one of its own dot-ended prefixes, so a lookup reads a few small buckets and matches only
     /// their patterns. One regex over all patterns walked a lazy DFA spread over megabytes, cold
     /// on every request: a pattern hit in the 100k map cost ~1.3 µs more than in a small map
     /// (issue 5). Each bucket lists its patterns in file order.
-    by_head: HashMap<Box<str>, Vec<HeadedPattern>>,
+    by_head: NameTable<Vec<HeadedPattern>>,
     /// Lengths of the heads in `by_head`: only prefixes of these lengths are looked up.
     head_lengths: Vec<usize>,
     /// The patterns the index does not take (those without a dotted head, and buckets of more
@@ -175,7 +182,7 @@ impl Matcher {
             .into_iter()
             .map(|(name, index)| (name.into_boxed_str(), index))
             .collect();
-        let mut by_head: HashMap<Box<str>, Vec<(Pattern, usize)>> = HashMap::new();
+        let mut by_head: NameTable<Vec<(Pattern, usize)>> = NameTable::default();
         let mut unindexed = Vec::new();
         for (pattern, reflex) in patterns {
             match pattern.head() {
@@ -205,7 +212,7 @@ impl Matcher {
         let regex = Regex::new_many(&regexes)
             .map_err(|err| format!("the reflex patterns do not compile: {err}"))?;
         let regex_sources = regexes;
-        let by_head: HashMap<Box<str>, Vec<HeadedPattern>> = by_head
+        let by_head: NameTable<Vec<HeadedPattern>> = by_head
             .into_iter()
             .map(|(head, bucket)| {
                 let bucket = bucket
