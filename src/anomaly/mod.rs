@@ -23,7 +23,14 @@ pub const MAX_NAME_CHARS: usize = 256;
 
 /// Checks an anomaly name or reflex key: 1 to 256 characters, none of them a control character.
 pub fn validate_name(name: &str) -> Result<(), String> {
-    let chars = name.chars().count();
+    // Most names are ASCII, where a character is a byte: one pass over the bytes decides, and
+    // only other names are walked character by character.
+    let ascii = name.is_ascii();
+    let chars = if ascii {
+        name.len()
+    } else {
+        name.chars().count()
+    };
     if chars == 0 {
         return Err("must not be empty".to_string());
     }
@@ -32,8 +39,8 @@ pub fn validate_name(name: &str) -> Result<(), String> {
             "is {chars} characters long; the limit is {MAX_NAME_CHARS}"
         ));
     }
-    // Most names are ASCII, where the control characters are the bytes below 0x20 and 0x7f.
-    let has_control = if name.is_ascii() {
+    // In ASCII, the control characters are the bytes below 0x20 and 0x7f.
+    let has_control = if ascii {
         name.bytes().any(|b| b < 0x20 || b == 0x7f)
     } else {
         name.chars().any(char::is_control)
@@ -280,6 +287,16 @@ mod tests {
         assert_eq!(
             validate_name(&"x".repeat(257)).unwrap_err(),
             "is 257 characters long; the limit is 256"
+        );
+        // Beyond ASCII the limit counts characters, not bytes, and C1 controls are refused.
+        assert!(validate_name(&"é".repeat(256)).is_ok());
+        assert_eq!(
+            validate_name(&"é".repeat(257)).unwrap_err(),
+            "is 257 characters long; the limit is 256"
+        );
+        assert_eq!(
+            validate_name("disk.\u{85}.full").unwrap_err(),
+            "must not contain control characters"
         );
     }
 }
