@@ -359,8 +359,14 @@ fn write_batches<E: Write, T: Target>(
         if !batch.is_empty() {
             continue;
         }
-        if is_alone && sync_due.is_none() {
-            return;
+        // Read again, not `is_alone`: the last drain or guard may have gone while this pass
+        // slept its window or wrote, and the wake-up it sent then found no one waiting.
+        if batch.handles == 0 {
+            if sync_due.is_none() {
+                return;
+            }
+            // Alone with a sync due: the next pass syncs at once and ends.
+            continue;
         }
         batch.idle = true;
         batch = match sync_due {
@@ -507,6 +513,43 @@ mod tests {
         drop(log);
         wait_until("the log thread ends", || shared.lock().stopped);
         assert_eq!(stderr.lines()[0]["msg"], "after the guard");
+    }
+
+    #[test]
+    fn the_log_thread_ends_when_the_last_handle_goes_while_it_writes() {
+        /// A writer that says when a write begins and holds it until the test opens the gate.
+        struct Held(Captured, mpsc::Sender<()>, mpsc::Receiver<()>);
+        impl Write for Held {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                let _ = self.1.send(());
+                let _ = self.2.recv();
+                self.0.write(buf)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let (entered_tx, entered) = mpsc::channel();
+        let (open, gate) = mpsc::channel();
+        let stderr = Captured::default();
+        let held = Held(stderr.clone(), entered_tx, gate);
+        let (drain, guard) = start_on(held, slog::Level::Info, None::<Captured>);
+        let shared = guard.shared.clone();
+        drop(guard);
+        let log = slog::Logger::root(drain.fuse(), slog::o!());
+        slog::info!(log, "written while the last handle goes");
+        entered
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the log thread writes");
+        // The last handle goes while the thread is writing, not waiting: its wake-up finds no
+        // one, and the thread must see for itself that it is alone.
+        drop(log);
+        open.send(()).unwrap();
+        wait_until("the log thread ends", || shared.lock().stopped);
+        assert_eq!(
+            stderr.lines()[0]["msg"],
+            "written while the last handle goes"
+        );
     }
 
     #[test]
