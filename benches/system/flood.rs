@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::procs::{self, Server};
 use crate::report::{Report, Verdict};
-use crate::{expect_answer, summarize, Bench, REFERENCE_FLAG};
+use crate::{expect_answer, failed_row, summarize, Bench, REFERENCE_FLAG};
 
 /// SPEC §11: peak resident memory under the flood.
 const PEAK_GOAL_KIB: u64 = 32 * 1024;
@@ -86,15 +86,7 @@ pub fn flood(bench: &Bench, report: &mut Report) -> Result<()> {
         "",
         Verdict::Info,
     );
-    report.row(
-        SECTION,
-        "failed requests (socket errors + status >= 400)",
-        format!("{} of {}", d.failed, d.requests),
-        format!("{} of {}", r.failed, r.requests),
-        "",
-        "0",
-        Verdict::of(d.failed == 0),
-    );
+    failed_row(report, SECTION, d, r);
     report.note(format!(
         "flood: {secs:.0} s of names never sent before, three in four under a reflex with a \
          per-name 1h cooldown and a 1h verify (each its own key), one in four matched by \

@@ -627,6 +627,11 @@ fn load_rows(
         "",
         Verdict::Info,
     );
+    failed_row(report, section, daemon, reference);
+}
+
+/// The row every load section ends with: failed requests, none allowed.
+fn failed_row(report: &mut Report, section: &'static str, daemon: &Summary, reference: &Summary) {
     report.row(
         section,
         "failed requests (socket errors + status >= 400)",
