@@ -149,7 +149,7 @@ fn sample_run(map: &ReflexMap) -> ActionRun {
         .unwrap_or_else(|| panic!("the small map has no reflex for {}", anomaly.name));
     let (params, workflow) = (selected.case.params.clone(), selected.workflow.clone());
     ActionRun {
-        action_id: uuid::Uuid::now_v7(),
+        action_id: autohealer::actions::ActionId::new(uuid::Uuid::now_v7()),
         anomaly: anomaly.name,
         workflow,
         details: Arc::new(anomaly.details),
@@ -199,7 +199,7 @@ fn record_formatting(c: &mut Criterion) {
                 msg: "healing action triggered",
                 level: "CRIT",
                 ts: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-                action_id: run.action_id,
+                action_id: run.action_id.uuid(),
                 anomaly: &run.anomaly,
                 workflow: &run.workflow.name,
                 action: run.workflow.action.kind(),

@@ -11,7 +11,9 @@ mod webhook;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use arrayvec::ArrayString;
 use tokio_util::sync::CancellationToken;
+use uuid::fmt::Hyphenated;
 use uuid::Uuid;
 
 use crate::anomaly::{Details, JsonObject, Source};
@@ -20,11 +22,45 @@ use crate::map::{Action, TemplateContext, Workflow};
 pub use exec::{expand_argv, withhold_variables};
 pub use webhook::{request_body, request_headers};
 
+/// An action's id, a version 7 UUID, with its text written once: the triggered and finished
+/// records and the answer each show it, and writing a UUID's 36 characters three times cost
+/// more than keeping them (issue 17, callgrind).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ActionId {
+    uuid: Uuid,
+    text: ArrayString<{ Hyphenated::LENGTH }>,
+}
+
+impl ActionId {
+    pub fn new(uuid: Uuid) -> ActionId {
+        let mut buffer = [0; Hyphenated::LENGTH];
+        let text = uuid.hyphenated().encode_lower(&mut buffer);
+        // Always fits: `encode_lower` writes exactly `LENGTH` characters.
+        let text = ArrayString::from(text).unwrap_or_default();
+        ActionId { uuid, text }
+    }
+
+    pub fn uuid(&self) -> Uuid {
+        self.uuid
+    }
+
+    /// The hyphenated lower-case form, as the records and the answer show it.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::fmt::Debug for ActionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Everything one healing action needs, fixed when it is dispatched.
 #[derive(Debug, Clone)]
 pub struct ActionRun {
     /// A version 7 UUID: unique, and sorts by the time it was dispatched.
-    pub action_id: Uuid,
+    pub action_id: ActionId,
     pub anomaly: Arc<str>,
     pub workflow: Arc<Workflow>,
     pub details: Arc<Details>,
@@ -44,7 +80,7 @@ impl ActionRun {
         TemplateContext {
             anomaly: &self.anomaly,
             workflow: &self.workflow.name,
-            action_id: self.action_id,
+            action_id: self.action_id.uuid(),
             details: &self.details,
             params: &self.params,
         }

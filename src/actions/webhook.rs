@@ -80,7 +80,7 @@ struct Body<'a> {
 /// The JSON body every attempt sends for `run`; the details go in as the text they arrived as.
 pub fn request_body(run: &ActionRun) -> Bytes {
     let body = Body {
-        action_id: run.action_id,
+        action_id: run.action_id.uuid(),
         anomaly: &run.anomaly,
         details: &run.details,
         host: host(),

@@ -23,7 +23,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::ExplainArgs;
-use crate::actions::{self, ActionRun};
+use crate::actions::{self, ActionId, ActionRun};
 use crate::anomaly::{validate_name, Details, JsonObject, Source};
 use crate::map::{self, Action, Budget, Judged, LoadedMap, Reflex, Selected, Tried, Workflow};
 
@@ -226,7 +226,7 @@ pub fn explain(path: &Path, loaded: &LoadedMap, anomaly: &str, details: JsonObje
         };
     };
     let run = ActionRun {
-        action_id: Uuid::now_v7(),
+        action_id: ActionId::new(Uuid::now_v7()),
         anomaly: Arc::from(anomaly),
         workflow: selected.workflow.clone(),
         details: Arc::new(details),
@@ -289,7 +289,7 @@ pub fn explain_match(
             escalate: map.escalation(case).map(|w| w.name.to_string()),
             budget: map.limits.actions,
         },
-        action_id: run.action_id,
+        action_id: run.action_id.uuid(),
         run: run_explanation,
         error,
     }

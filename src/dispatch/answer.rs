@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+use crate::actions::ActionId;
 use crate::log::json::write_string;
 use crate::rails::SuppressReason;
 
@@ -13,7 +14,7 @@ use crate::rails::SuppressReason;
 pub enum DispatchOutcome {
     Dispatched {
         workflow: Arc<str>,
-        action_id: Uuid,
+        action_id: ActionId,
     },
     Suppressed {
         workflow: Arc<str>,
@@ -39,7 +40,7 @@ impl DispatchOutcome {
                 action_id,
             } => Answer {
                 workflow: Some(workflow),
-                action_id: Some(*action_id),
+                action_id: Some(action_id.as_str()),
                 ..answer
             },
             DispatchOutcome::Suppressed { workflow, reason } => Answer {
@@ -78,7 +79,8 @@ pub struct Answer<'a> {
     pub status: &'static str,
     pub anomaly: &'a str,
     pub workflow: Option<&'a str>,
-    pub action_id: Option<Uuid>,
+    /// Hyphenated, as `ActionId` keeps it.
+    pub action_id: Option<&'a str>,
     pub reason: Option<&'static str>,
     /// The silence that held the anomaly back (reason `silenced`).
     pub silence_id: Option<Uuid>,
@@ -112,7 +114,9 @@ impl<'a> Answer<'a> {
             write_string(out, workflow);
         }
         if let Some(action_id) = self.action_id {
-            write_uuid(out, b",\"action_id\":\"", action_id);
+            out.extend_from_slice(b",\"action_id\":\"");
+            out.extend_from_slice(action_id.as_bytes());
+            out.push(b'"');
         }
         if let Some(reason) = self.reason {
             out.extend_from_slice(b",\"reason\":\"");
@@ -152,7 +156,7 @@ mod tests {
 
     #[test]
     fn every_answer_is_the_json_object_the_contract_names() {
-        let action_id = Uuid::now_v7();
+        let action_id = ActionId::new(Uuid::now_v7());
         let name = "disk.\u{7}\"root\".full";
         let workflow = "restart \"nginx\"";
         let parse = |outcome: &DispatchOutcome| -> Value {
@@ -165,7 +169,7 @@ mod tests {
         assert_eq!(
             parse(&dispatched),
             json!({"status": "dispatched", "anomaly": name, "workflow": workflow,
-                   "action_id": action_id.to_string()})
+                   "action_id": action_id.uuid().to_string()})
         );
         assert_eq!(
             parse(&DispatchOutcome::Unmatched),

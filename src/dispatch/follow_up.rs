@@ -32,7 +32,7 @@ pub(super) struct EscalationFrom<'a> {
 impl<'a> From<&'a ActionRun> for EscalationFrom<'a> {
     fn from(run: &'a ActionRun) -> Self {
         EscalationFrom {
-            action_id: run.action_id,
+            action_id: run.action_id.uuid(),
             anomaly: &run.anomaly,
             workflow: &run.workflow.name,
             details: &run.details,
@@ -154,7 +154,7 @@ impl Dispatcher {
             from.anomaly,
             from.workflow,
             reason,
-            run.action_id,
+            run.action_id.uuid(),
         );
         // An escalation is the last word: it escalates no further.
         self.start(run, permit, None, now);

@@ -67,7 +67,7 @@ impl ActionHistory {
             entries.pop_front();
         }
         entries.push_back(ActionEntry {
-            action_id: run.action_id,
+            action_id: run.action_id.uuid(),
             anomaly: run.anomaly.clone(),
             workflow: run.workflow.name.clone(),
             action: run.workflow.action.kind(),

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::{ContextV7, Timestamp, Uuid};
 
-use crate::actions::{self, ActionReport, ActionRun, Outcome};
+use crate::actions::{self, ActionId, ActionReport, ActionRun, Outcome};
 use crate::anomaly::{Anomaly, Source};
 use crate::log::records;
 use crate::map::{MapHandle, Workflow};
@@ -38,8 +38,8 @@ static ACTION_IDS: Mutex<ContextV7> = Mutex::new(ContextV7::new());
 
 /// A version 7 UUID for an action dispatched `at`: unique, sorting by dispatch time, and from
 /// the clock reading the action's `received_at` holds (`now_v7` would read the clock again).
-fn action_id(at: SystemTime) -> Uuid {
-    action_id_in(&ACTION_IDS, at)
+fn action_id(at: SystemTime) -> ActionId {
+    ActionId::new(action_id_in(&ACTION_IDS, at))
 }
 
 fn action_id_in(context: &Mutex<ContextV7>, at: SystemTime) -> Uuid {
@@ -237,14 +237,14 @@ impl Dispatcher {
         now: Instant,
     ) {
         let breaker = run.workflow.breaker;
-        let finished = self
-            .rails
-            .finish(permit, report.outcome, breaker, run.action_id, now);
+        let finished =
+            self.rails
+                .finish(permit, report.outcome, breaker, run.action_id.uuid(), now);
         if let Some(opened) = &finished.circuit_opened {
             records::circuit_opened(&self.log, &run.workflow.name, opened);
         }
         self.history
-            .finished(run.action_id, report, finished.verifying);
+            .finished(run.action_id.uuid(), report, finished.verifying);
         records::action_finished(&self.log, run, report);
         if let Some(overflow) = &finished.overflow {
             records::rail_state_overflow(&self.log, overflow);
@@ -385,12 +385,15 @@ mod tests {
             .await
             .expect("the action ends");
             let entry = &dispatcher.history().newest(1)[0];
-            assert_eq!((entry.action_id, entry.outcome), (action_id, "failed"));
+            assert_eq!(
+                (entry.action_id, entry.outcome),
+                (action_id.uuid(), "failed")
+            );
             let error = "the action panicked: a test made this action panic";
             assert_eq!(entry.error.as_deref(), Some(error));
             let records = finished.0.lock().unwrap().clone();
             assert_eq!(records.len(), round);
-            assert_eq!(records[round - 1]["action_id"], action_id.to_string());
+            assert_eq!(records[round - 1]["action_id"], action_id.as_str());
             assert_eq!(records[round - 1]["outcome"], "failed");
             assert_eq!(records[round - 1]["error"], error);
         }
@@ -451,6 +454,7 @@ mod tests {
         else {
             panic!("dispatched");
         };
+        let action_id = action_id.uuid();
         assert_eq!(verdict(&dispatcher, action_id), Some("pending"));
         let end = start + std::time::Duration::from_secs(600);
         tokio::time::sleep_until(end - std::time::Duration::from_millis(1)).await;

@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body;
 use hyper::header::{
-    HeaderName, HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE,
+    HeaderName, HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
@@ -268,12 +268,8 @@ async fn read_json_body(
             format!("the body is larger than {} bytes", state.max_body),
         )
     };
-    let declared = request
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > state.max_body as u64) {
+    // A declared Content-Length is the body's exact size hint: hyper has parsed it already.
+    if request.body().size_hint().lower() > state.max_body as u64 {
         return Err(too_large());
     }
     let read = whole_body(Limited::new(request.into_body(), state.max_body));

@@ -76,7 +76,7 @@ pub fn action_triggered(log: &Logger, run: &ActionRun) {
         "action" => run.workflow.action.kind(),
         "workflow" => &run.workflow.name,
         "anomaly" => &run.anomaly,
-        "action_id" => &*run.action_id.hyphenated().encode_lower(&mut Uuid::encode_buffer()),
+        "action_id" => run.action_id.as_str(),
     );
     let metrics = metrics::global();
     if run.escalated_from.is_none() {
@@ -172,7 +172,7 @@ pub fn action_finished(log: &Logger, run: &ActionRun, report: &ActionReport) {
         "action" => run.workflow.action.kind(),
         "workflow" => &run.workflow.name,
         "anomaly" => &run.anomaly,
-        "action_id" => &*run.action_id.hyphenated().encode_lower(&mut Uuid::encode_buffer()),
+        "action_id" => run.action_id.as_str(),
     );
     metrics::global().action_finished(
         &run.workflow.name,
