@@ -32,6 +32,7 @@ pub struct ActionId {
 }
 
 impl ActionId {
+    /// The id `uuid`, its text written now.
     pub fn new(uuid: Uuid) -> ActionId {
         let mut buffer = [0; Hyphenated::LENGTH];
         let text = uuid.hyphenated().encode_lower(&mut buffer);
@@ -40,6 +41,7 @@ impl ActionId {
         ActionId { uuid, text }
     }
 
+    /// The UUID itself, which the history, the rails and webhook bodies keep.
     pub fn uuid(&self) -> Uuid {
         self.uuid
     }
@@ -180,5 +182,20 @@ pub async fn run(run: &ActionRun, cancel: &CancellationToken) -> ActionReport {
         Action::Exec(exec) => exec::run(exec, run, cancel).await,
         Action::Webhook(hook) => webhook::run(hook, run, cancel).await,
         Action::Log => log::run(run),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_action_id_reads_as_its_uuid_is_written() {
+        for uuid in [Uuid::nil(), Uuid::max(), Uuid::now_v7(), Uuid::now_v7()] {
+            let id = ActionId::new(uuid);
+            assert_eq!(id.as_str(), uuid.hyphenated().to_string());
+            assert_eq!(id.uuid(), uuid);
+            assert_eq!(format!("{id:?}"), uuid.to_string());
+        }
     }
 }
