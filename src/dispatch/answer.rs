@@ -105,26 +105,23 @@ impl<'a> Answer<'a> {
     pub fn write_json(&self, out: &mut Vec<u8>) {
         // `status`, `reason` and the action id are words and hex of the daemon's own, with
         // nothing to escape; only the names can hold anything.
-        out.extend_from_slice(b"{\"status\":\"");
-        out.extend_from_slice(self.status.as_bytes());
-        out.extend_from_slice(b"\",\"anomaly\":");
+        write_plain(out, b"{\"status\":\"", self.status);
+        out.extend_from_slice(b",\"anomaly\":");
         write_string(out, self.anomaly);
         if let Some(workflow) = self.workflow {
             out.extend_from_slice(b",\"workflow\":");
             write_string(out, workflow);
         }
         if let Some(action_id) = self.action_id {
-            out.extend_from_slice(b",\"action_id\":\"");
-            out.extend_from_slice(action_id.as_bytes());
-            out.push(b'"');
+            write_plain(out, b",\"action_id\":\"", action_id);
         }
         if let Some(reason) = self.reason {
-            out.extend_from_slice(b",\"reason\":\"");
-            out.extend_from_slice(reason.as_bytes());
-            out.push(b'"');
+            write_plain(out, b",\"reason\":\"", reason);
         }
         if let Some(silence_id) = self.silence_id {
-            write_uuid(out, b",\"silence_id\":\"", silence_id);
+            let mut buffer = Uuid::encode_buffer();
+            let text = silence_id.hyphenated().encode_lower(&mut buffer);
+            write_plain(out, b",\"silence_id\":\"", text);
         }
         out.push(b'}');
     }
@@ -137,14 +134,11 @@ impl<'a> Answer<'a> {
     }
 }
 
-/// `key` (up to the opening quote), the id in lower-case hex, and the closing quote.
-fn write_uuid(out: &mut Vec<u8>, key: &[u8], id: Uuid) {
+/// `key` (up to the opening quote), `text` as it is, and the closing quote: for the daemon's own
+/// words and ids, which hold nothing to escape.
+fn write_plain(out: &mut Vec<u8>, key: &[u8], text: &str) {
     out.extend_from_slice(key);
-    out.extend_from_slice(
-        id.hyphenated()
-            .encode_lower(&mut Uuid::encode_buffer())
-            .as_bytes(),
-    );
+    out.extend_from_slice(text.as_bytes());
     out.push(b'"');
 }
 
