@@ -55,6 +55,39 @@ impl Trigger {
     }
 }
 
+/// A JSON value logged by reference. `slog::Serde` owns its value, so logging an object held in
+/// an `Arc` cloned the `Arc` and dropped it again: two locked instructions per value per
+/// triggered record (issue 17). The value is copied only when a drain keeps the record beyond
+/// the call (the term format's slog-async asks for `to_sendable`).
+struct SerdeRef<'a, T>(&'a T);
+
+impl<T: serde::Serialize> serde::Serialize for SerdeRef<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<T: serde::Serialize + Clone + Send + 'static> slog::Value for SerdeRef<'_, T> {
+    fn serialize(
+        &self,
+        _record: &slog::Record,
+        key: slog::Key,
+        serializer: &mut dyn slog::Serializer,
+    ) -> slog::Result {
+        serializer.emit_serde(key, self)
+    }
+}
+
+impl<T: serde::Serialize + Clone + Send + 'static> slog::SerdeValue for SerdeRef<'_, T> {
+    fn as_serde(&self) -> &dyn erased_serde::Serialize {
+        self.0
+    }
+
+    fn to_sendable(&self) -> Box<dyn slog::SerdeValue + Send + 'static> {
+        Box::new(slog::Serde(self.0.clone()))
+    }
+}
+
 /// The `source` of an escalation's triggered record (SPEC §9).
 const ESCALATION_SOURCE: &str = "escalation";
 
@@ -69,8 +102,8 @@ pub fn action_triggered(log: &Logger, run: &ActionRun) {
     crit!(log, #AUDIT_TAG, "healing action triggered";
         EscalatedFrom(run.escalated_from),
         "dry_run" => run.dry_run,
-        "params" => slog::Serde(run.params.clone()),
-        "details" => slog::Serde(run.details.clone()),
+        "params" => SerdeRef(&run.params),
+        "details" => SerdeRef(&run.details),
         "map_version" => &*run.map_version,
         "source" => source,
         "action" => run.workflow.action.kind(),
