@@ -272,6 +272,16 @@ impl Rails {
         action_id: Uuid,
         now: Instant,
     ) -> Finished {
+        // A run that holds no slot, and whose ending neither feeds a breaker nor opens a
+        // window, changes nothing here: most log-only actions. No lock for them (issue 17).
+        let changes_state = permit.counted
+            || match outcome {
+                Outcome::Ok => permit.verify.is_some(),
+                _ => breaker.is_some(),
+            };
+        if !changes_state {
+            return Finished::default();
+        }
         let mut guard = self.lock();
         let state = &mut *guard;
         if permit.counted {
