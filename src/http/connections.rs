@@ -62,8 +62,8 @@ const HANDLING: u8 = 2;
 /// own task, which is also the one that decides on an eviction; a flag is stored before `evict`
 /// is woken and loaded after it is registered, and the waker's own atomics order the two; the
 /// times only rank connections. So stores are release (a plain store on x86, where a SeqCst
-/// one is a locked exchange: three of them after every request, ~6 ns each on the benchmark's
-/// host) and loads acquire.
+/// one is a locked exchange: five or six of them a request, ~6 ns each on the benchmark's
+/// host), loads acquire, and the times relaxed.
 #[derive(Debug)]
 struct Activity {
     /// `WAITING`, `RECEIVING` or `HANDLING`; only the connection's own task changes it, so a
